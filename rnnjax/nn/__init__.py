@@ -1,0 +1,22 @@
+"""Recurrent building blocks: cells, time loops and layers (see :mod:`rnnjax.nn.types`)."""
+
+from rnnjax.nn.cells import (
+    CELLS,
+    ElmanCell,
+    GRUCell,
+    LSTMCell,
+    RecurrentCell,
+    make_cell,
+    per_gate,
+    register_cell,
+    torch_uniform,
+)
+from rnnjax.nn.layers import Bidirectional, Recurrent, StackedRecurrent, make_rnn
+from rnnjax.nn.scan import lengths_to_mask, masked_scan
+from rnnjax.nn.types import LSTMState
+
+__all__ = [
+    "CELLS", "ElmanCell", "GRUCell", "LSTMCell", "RecurrentCell", "make_cell", "per_gate",
+    "register_cell", "torch_uniform", "Bidirectional", "Recurrent", "StackedRecurrent",
+    "make_rnn", "lengths_to_mask", "masked_scan", "LSTMState",
+]
