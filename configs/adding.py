@@ -1,0 +1,47 @@
+"""The adding problem (Hochreiter & Schmidhuber 1997): sum the two marked values.
+
+Launch (the README's default job):
+
+    rnnjax train --config configs/adding.py --workdir runs/adding
+    rnnjax train --config configs/adding.py:cell=gru,T=200 --workdir runs/adding_gru
+    rnnjax train --config configs/adding.py:smoke --workdir /tmp/smoke
+
+Expected: an LSTM at T=100 reaches eval MSE <= 0.01 (baseline 0.167, predicting
+1.0) in 1,500 steps, about 3 minutes on a 2-core CPU. A tanh RNN stays near the
+baseline from T=200 (vanishing gradients).
+
+Variants (``:key=value,...``): cell (lstm|gru|rnn_tanh|rnn_relu|min_gru|min_lstm),
+T (sequence length), smoke (tiny, 4 steps).
+"""
+
+from rnnjax.configlib import parse_arg
+from rnnjax.train.defaults import base_config, smoke
+
+
+def get_config(arg=None):
+    arg = parse_arg(arg, cell="lstm", T=100, smoke=False)
+    c = base_config()
+    c.task = "regression"
+    c.data.name = "adding"
+    c.data.seq_len = arg.T
+
+    c.model.cell = arg.cell
+    c.model.hidden = 64  # enough for the task; larger only slows a CPU run
+    c.model.pooling = "last"  # the answer must be carried to the last step
+
+    c.optim.lr = 3e-3  # Adam at 1e-3 takes ~2x the steps to leave the plateau
+    c.optim.schedule = "warmup_cosine"
+    c.optim.warmup_steps = 100
+    c.optim.end_lr_factor = 0.05
+    c.optim.clip = "global_norm"
+    c.optim.clip_value = 1.0  # LSTM gradients spike when it first finds the markers
+
+    c.train.steps = 1500
+    c.train.batch_size = 64
+    c.train.eval_every = 250
+    c.train.checkpoint_every = 250
+    c.train.eval_batch_size = 500
+    c.train.eval_batches = 2  # 1,000 fresh sequences
+    if arg.smoke:
+        smoke(c)
+    return c

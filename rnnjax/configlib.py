@@ -1,0 +1,161 @@
+"""Loading ml-collections configs, variant arguments and command-line overrides.
+
+A config is a Python file ``configs/<name>.py`` with ``get_config(arg=None)``
+returning a :class:`ml_collections.ConfigDict`. It is launched as
+``--config configs/x.py:cell=gru,smoke --config.optim.lr=3e-4``.
+
+* :func:`parse_arg` turns the ``arg`` string into a typed dict (big_vision style);
+* :func:`load_config` imports a config file and calls ``get_config``;
+* :func:`apply_overrides` applies ``a.b=value`` overrides to a locked config:
+  an unknown key or a value of the wrong type is a ``ValueError`` naming the key
+  and the closest known keys.
+
+This is the only configuration system in rnnjax; nothing copies config values
+into flags or globals.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import ml_collections
+
+
+def _literal(text: str) -> Any:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        low = text.lower()
+        if low in ("true", "false"):
+            return low == "true"
+        if low in ("none", "null"):
+            return None
+        return text
+
+
+def parse_arg(arg: str | None, *, lazy: bool = False, **defaults) -> ml_collections.ConfigDict:
+    """Parses ``"cell=gru,T=200,smoke"`` against typed ``defaults``.
+
+    A bare word ``smoke`` means ``smoke=True``. Each value is converted to the
+    type of its default; an unknown name is an error listing the known ones.
+    """
+    out = dict(defaults)
+    for part in filter(None, (arg or "").split(",")):
+        key, eq, value = part.partition("=")
+        key = key.strip()
+        if key not in defaults:
+            close = difflib.get_close_matches(key, defaults, n=3)
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(defaults)}"
+                             + (f"; did you mean {close}?" if close else ""))
+        default = defaults[key]
+        if not eq:
+            value = True if isinstance(default, bool) or default is None else None
+            if value is None:
+                raise ValueError(f"config argument {key!r} needs a value, e.g. {key}={default}")
+        elif isinstance(default, bool):
+            value = str(_literal(value)).lower() in ("true", "1", "yes")
+        elif isinstance(default, (int, float)) and not isinstance(default, bool):
+            try:
+                value = type(default)(_literal(value))
+            except (TypeError, ValueError):
+                raise ValueError(f"config argument {key!r} must be a {type(default).__name__}, "
+                                 f"got {value!r}") from None
+        elif isinstance(default, str):
+            value = str(value)
+        else:
+            value = _literal(value)
+        out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def split_spec(spec: str) -> tuple[Path, str | None]:
+    """``"configs/x.py:arg"`` -> ``(Path("configs/x.py"), "arg")``."""
+    path, sep, arg = str(spec).partition(":")
+    return Path(path), (arg if sep else None)
+
+
+def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = (),
+                lock: bool = True) -> ml_collections.ConfigDict:
+    """Imports ``path[:arg]``, calls ``get_config(arg)``, applies overrides, locks it."""
+    path, arg = split_spec(spec)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {str(path)!r} not found (from --config {spec!r}); "
+                                f"configs live in configs/*.py")
+    name = f"_rnnjax_config_{path.stem}_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {str(path)!r} defines no get_config(arg=None)")
+    config = module.get_config(arg) if arg is not None else module.get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"{path}: get_config must return an ml_collections.ConfigDict")
+    if lock:
+        config.lock()
+    apply_overrides(config, overrides)
+    return config
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in config.items():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        if isinstance(v, ml_collections.ConfigDict):
+            keys.extend(flat_keys(v, full + "."))
+    return keys
+
+
+def apply_overrides(config: ml_collections.ConfigDict,
+                    overrides: Mapping[str, Any] | Iterable[str]) -> ml_collections.ConfigDict:
+    """Sets dotted keys in place. Strings are parsed as Python literals when possible.
+
+    Raises ValueError for an unknown key (with close matches) or a value whose type
+    does not fit the existing field.
+    """
+    if not isinstance(overrides, Mapping):
+        pairs = {}
+        for item in overrides:
+            key, eq, value = str(item).partition("=")
+            if not eq:
+                raise ValueError(f"override {item!r} must look like key=value, e.g. optim.lr=3e-4")
+            pairs[key.strip()] = value
+        overrides = pairs
+    known = flat_keys(config)
+    for key, value in overrides.items():
+        if isinstance(value, str):
+            value = _literal(value)
+        *parents, leaf = key.split(".")
+        node = config
+        try:
+            for p in parents:
+                node = node[p]
+            if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+                raise KeyError(key)
+        except (KeyError, TypeError):
+            close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)
+            raise ValueError(f"unknown config key {key!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else "")
+                             + " (the config is locked: only existing keys can be overridden)"
+                             ) from None
+        old = node[leaf]
+        if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(old, tuple) and isinstance(value, list):
+            value = tuple(value)
+        try:
+            node[leaf] = value
+        except TypeError as e:
+            raise ValueError(f"config key {key!r} holds a {type(old).__name__} ({old!r}); "
+                             f"cannot set it to {value!r}: {e}") from None
+    return config
+
+
+def to_dict(config: ml_collections.ConfigDict) -> dict:
+    return config.to_dict()

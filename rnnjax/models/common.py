@@ -1,0 +1,106 @@
+"""Pieces shared by the models: embeddings, the recurrent encoder, pooling, MLP heads.
+
+Everything is built from a ``config.model`` sub-dict (see ``configs/adding.py``
+for the commented fields). Models never import data loading or training code:
+a pretrained embedding matrix arrives as an array.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rnnjax.nn import Bidirectional, make_rnn
+from rnnjax.nn.types import Array
+
+
+class Constant(nnx.Variable):
+    """A non-trainable array (a frozen pretrained embedding): never in the gradient."""
+
+
+class Embedder(nnx.Module):
+    """Token ids ``(B, T)`` -> vectors ``(B, T, E)``: learned, or from a pretrained matrix.
+
+    ``pretrained`` ``(V, E)`` initialises the table; ``freeze=True`` keeps it fixed
+    (a :class:`Constant`, not a parameter).
+    """
+
+    def __init__(self, vocab_size: int, features: int, *, pretrained: np.ndarray | None = None,
+                 freeze: bool = False, rngs: nnx.Rngs):
+        if pretrained is not None:
+            pretrained = np.asarray(pretrained, np.float32)
+            if pretrained.shape != (vocab_size, features):
+                raise ValueError(f"pretrained embedding has shape {pretrained.shape}, expected "
+                                 f"(V, E) = ({vocab_size}, {features})")
+            table = jnp.asarray(pretrained)
+        else:
+            table = nnx.initializers.normal(stddev=1.0)(rngs.params(), (vocab_size, features))
+        self.vocab_size = vocab_size
+        self.features = features
+        self.frozen = freeze
+        self.table = Constant(table) if freeze else nnx.Param(table)
+
+    def __call__(self, tokens: Array) -> Array:
+        return jnp.take(self.table[...], tokens, axis=0)
+
+    def attend(self, h: Array) -> Array:
+        """``(..., E) -> (..., V)``: logits against the table (tied output layer)."""
+        return h @ self.table[...].T
+
+
+class MLP(nnx.Module):
+    """Dense layers with ReLU and dropout, then a linear output layer."""
+
+    def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
+                 dropout: float = 0.0, rngs: nnx.Rngs):
+        sizes = [in_features, *hidden]
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.out = nnx.Linear(sizes[-1], out_features, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+
+    def __call__(self, x: Array) -> Array:
+        for layer in self.hidden:
+            x = self.dropout(jax.nn.relu(layer(x)))
+        return self.out(x)
+
+
+def build_encoder(cfg, in_features: int, rngs: nnx.Rngs):
+    """The recurrent stack from ``cfg``: cell, hidden, num_layers, bidirectional, dropout."""
+    return make_rnn(cfg.cell, in_features, cfg.hidden, num_layers=cfg.num_layers,
+                    bidirectional=cfg.bidirectional, dropout=cfg.dropout,
+                    unroll=cfg.get("unroll", 1), rngs=rngs, **dict(cfg.get("cell_kwargs", {})))
+
+
+def carry_h(carry) -> Array:
+    """The hidden state ``(B, H)`` of a cell's carry (``LSTMState.h`` or the array)."""
+    return carry.h if hasattr(carry, "h") else carry
+
+
+def last_hidden(layer, carry) -> Array:
+    """``(B, D*H)``: the final hidden state of a layer (both directions concatenated)."""
+    if isinstance(layer, Bidirectional):
+        return jnp.concatenate([carry_h(carry[0]), carry_h(carry[1])], axis=-1)
+    return carry_h(carry)
+
+
+POOLINGS = ("last", "mean", "max")
+
+
+def pool(kind: str, layer, carry, ys: Array, mask: Array) -> Array:
+    """Pools ``ys`` ``(B, T, F)`` with ``mask`` ``(B, T)`` into ``(B, F)``.
+
+    ``last`` is each row's final carry (the forward direction's last valid step and
+    the backward direction's first step), ``mean``/``max`` skip padding.
+    """
+    if kind == "last":
+        return last_hidden(layer, carry)
+    m = mask[..., None].astype(ys.dtype)
+    if kind == "mean":
+        return jnp.sum(ys * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+    if kind == "max":
+        return jnp.max(jnp.where(m > 0, ys, -jnp.inf), axis=1)
+    raise ValueError(f"unknown model.pooling {kind!r}; known: {list(POOLINGS)}")

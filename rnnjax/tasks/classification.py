@@ -1,0 +1,176 @@
+"""Sequence classification: token sequence -> one of C classes.
+
+``config.data.name`` picks the source:
+
+* ``tsv``: a ``label<TAB>text`` file (``data.path``; the UCI SMS Spam Collection
+  format), tokenised at ``data.level`` (``char`` or ``word``), with a stratified
+  train/val split (``data.val_fraction``), ``data.max_len`` truncation, length
+  bucketing, ``data.imbalance`` (``oversample`` or ``weight``) and optional GloVe
+  vectors (``model.embedding = "glove"`` with ``data.glove_path``);
+* ``temporal_order``: Hochreiter & Schmidhuber's task 6a (4 classes);
+* ``parity``: parity of a bit string (``data.min_len`` for variable lengths).
+
+Metrics: accuracy, per-class and macro precision/recall/F1, the confusion matrix.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from rnnjax.data import batching, synthetic, text
+from rnnjax.data.embeddings import load_glove
+from rnnjax.models.sequence import SequenceModel
+from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches, resolve_path
+
+SOURCES = ("tsv", "temporal_order", "parity")
+
+
+class ClassificationTask(Task):
+    best_metric = "accuracy"
+    best_mode = "max"
+
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
+        d = config.data
+        self.pretrained = None
+        self.generate = None
+        if d.name == "tsv":
+            self._load_tsv(d)
+        elif d.name == "temporal_order":
+            self.generate = lambda rng, b: _with_lengths(
+                synthetic.temporal_order_task(rng, b, d.seq_len))
+            self.vocab_size, self.label_names = 8, ["XX", "XY", "YX", "YY"]
+        elif d.name == "parity":
+            min_len = d.min_len if d.min_len > 0 else None
+            self.generate = lambda rng, b: synthetic.parity_task(rng, b, d.seq_len, min_len)
+            self.vocab_size, self.label_names = 2, ["even", "odd"]
+        else:
+            raise ValueError(f"unknown data.name {d.name!r} for task classification; known: "
+                             f"{list(SOURCES)}")
+        self.num_classes = len(self.label_names)
+
+    def _load_tsv(self, d):
+        if not d.path:
+            raise ValueError("data.path is empty: give a label<TAB>text file, e.g. "
+                             "--config.data.path=SMSSpamCollection (see rnnjax.data.download)")
+        ds = text.load_tsv_classification(resolve_path(d.path))
+        self.label_names = ds.label_names
+        train_idx, val_idx = batching.split_indices(len(ds), d.val_fraction, seed=d.split_seed,
+                                                    stratify=ds.labels)
+        self.tokenizer = text.Tokenizer(d.level, lowercase=d.lowercase)
+        train_texts = [ds.texts[i] for i in train_idx]
+        self.vocab = text.Vocabulary.build(
+            (tok for t in train_texts for tok in self.tokenizer(t)), min_freq=d.min_freq,
+            max_size=d.max_vocab or None, meta={"tokenizer": self.tokenizer.to_dict(),
+                                                "labels": self.label_names})
+        self.vocab_size = len(self.vocab)
+        seqs, self.train_oov = text.encode_texts(train_texts, self.tokenizer, self.vocab)
+        val_seqs, self.val_oov = text.encode_texts([ds.texts[i] for i in val_idx],
+                                                   self.tokenizer, self.vocab)
+        self.train_data = _drop_empty(seqs, ds.labels[train_idx], "train")
+        self.val_data = _drop_empty(val_seqs, ds.labels[val_idx], "val")
+        if self.config.model.embedding == "glove":
+            glove = load_glove(d.glove_path, self.vocab, seed=self.config.seed)
+            if glove.matrix.shape[1] != self.config.model.embed_dim:
+                raise ValueError(f"model.embed_dim={self.config.model.embed_dim} but the GloVe "
+                                 f"file has {glove.matrix.shape[1]}-d vectors")
+            self.pretrained = glove.matrix
+            self.glove_found = glove.num_found
+
+    def save_artifacts(self, workdir):
+        if self.config.data.name == "tsv":
+            self.vocab.save(workdir / "vocab.json")
+
+    # data -------------------------------------------------------------------
+    def train_iterator(self, batch_size, seed):
+        if self.generate is not None:
+            return SyntheticIterator(self.generate, batch_size, seed)
+        seqs, labels = self.train_data
+        d = self.config.data
+        collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
+        lengths = np.minimum([len(s) for s in seqs], d.max_len) if d.bucket else None
+        return batching.BatchIterator(len(seqs), batch_size, seed=seed, collate=collate,
+                                      lengths=lengths, labels=labels,
+                                      imbalance=d.imbalance or None)
+
+    def _pad_options(self):
+        # Fixed T = max_len compiles the step once; with bucketing, T rounds up to a
+        # multiple of 32 so only a few shapes (and compiles) occur.
+        d = self.config.data
+        if d.bucket:
+            return dict(max_len=d.max_len, multiple_of=32)
+        return dict(max_len=d.max_len, pad_to_max_len=True)
+
+    def eval_batches(self, batch_size):
+        if self.generate is not None:
+            return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
+                                 seed=10_000 + self.config.seed)
+        seqs, labels = self.val_data
+        collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
+        return list(batching.BatchIterator(len(seqs), batch_size, shuffle=False, collate=collate,
+                                           remainder="pad", num_epochs=1))
+
+    # model and objective --------------------------------------------------------
+    def build_model(self, rngs):
+        return SequenceModel(self.config.model, out_features=self.num_classes,
+                             vocab_size=self.vocab_size, pretrained=self.pretrained, rngs=rngs)
+
+    def loss(self, model, batch, task_state, train):
+        logits = model(batch["inputs"], batch["lengths"])
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        w = batch.get("example_weights")
+        loss = jnp.mean(nll) if w is None else jnp.sum(nll * w) / jnp.sum(w)
+        acc = jnp.mean(jnp.argmax(logits, -1) == batch["targets"])
+        return loss, ({"accuracy": acc}, task_state)
+
+    def eval_sums(self, model, batch):
+        logits = model(batch["inputs"], batch["lengths"])
+        valid = batch.get("batch_mask", jnp.ones(logits.shape[0], bool))
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        pred = jnp.argmax(logits, -1)
+        C = self.num_classes
+        onehot_t = (batch["targets"][:, None] == jnp.arange(C)) & valid[:, None]
+        onehot_p = pred[:, None] == jnp.arange(C)
+        confusion = onehot_t.astype(jnp.int32).T @ onehot_p.astype(jnp.int32)  # (true, pred)
+        return {"confusion": confusion, "nll": jnp.sum(nll * valid)}
+
+    def summarize(self, sums):
+        return classification_metrics(np.asarray(sums["confusion"]), float(sums["nll"]),
+                                      self.label_names)
+
+
+def classification_metrics(confusion: np.ndarray, nll_sum: float, names) -> dict:
+    """Accuracy, per-class and macro P/R/F1 from a ``(C, C)`` (true, predicted) matrix."""
+    n = confusion.sum()
+    tp = np.diag(confusion).astype(float)
+    prec = np.divide(tp, confusion.sum(0), out=np.zeros_like(tp), where=confusion.sum(0) > 0)
+    rec = np.divide(tp, confusion.sum(1), out=np.zeros_like(tp), where=confusion.sum(1) > 0)
+    f1 = np.divide(2 * prec * rec, prec + rec, out=np.zeros_like(tp), where=(prec + rec) > 0)
+    out = {"accuracy": float(tp.sum() / max(n, 1)), "loss": nll_sum / max(n, 1),
+           "macro_precision": float(prec.mean()), "macro_recall": float(rec.mean()),
+           "macro_f1": float(f1.mean()), "confusion": confusion.tolist()}
+    for i, name in enumerate(names):
+        out[f"f1_{name}"] = float(f1[i])
+    return out
+
+
+def _drop_empty(seqs, labels, part):
+    keep = [i for i, s in enumerate(seqs) if len(s) > 0]
+    if len(keep) < len(seqs):
+        import logging
+
+        logging.getLogger("rnnjax").warning("dropped %d empty texts from the %s split",
+                                            len(seqs) - len(keep), part)
+    if not keep:
+        raise ValueError(f"data: every text of the {part} split is empty after tokenisation")
+    return [seqs[i] for i in keep], labels[keep]
+
+
+def _with_lengths(batch):
+    B, T = batch["inputs"].shape
+    return {**batch, "lengths": np.full(B, T, np.int32)}
+
+
+TASK = ClassificationTask

@@ -1,0 +1,202 @@
+"""Language modelling on any UTF-8 text file, at character or word level.
+
+``config.data``: ``path`` (a text file, or ``builtin:NAME`` for a small text
+shipped with rnnjax), ``level`` (``char``/``word``), ``seq_len`` (the BPTT
+window T), ``val_fraction`` (the last part of the file), ``stateful``.
+
+* ``stateful = False``: each train batch is B random windows of T+1 tokens; the
+  carry starts at zero.
+* ``stateful = True`` (truncated BPTT): the train text is cut into B parallel
+  streams; batch i holds window i of every stream and the carry flows from one
+  batch to the next (no gradient across the boundary). It is part of the train
+  state, so it is checkpointed and a resumed run continues it exactly. It is
+  reset to zero at the start of each epoch.
+
+Evaluation runs over non-overlapping windows of the validation text, each from
+a zero carry. Metrics: nats/token, bits/token (bits/char at char level) and
+perplexity. ``rnnjax sample`` generates text with a temperature.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from rnnjax.data import batching, text
+from rnnjax.models.lm import TokenModel, token_cross_entropy
+from rnnjax.tasks.base import SyntheticIterator, Task, resolve_path
+
+class StreamIterator:
+    """Truncated-BPTT batches: B parallel streams, consecutive T-token windows.
+
+    Batch ``{"inputs", "targets"}`` ``(B, T)`` plus ``reset`` ``(B,)``, True on the
+    first window of an epoch. Position ``{"epoch", "index"}`` resumes exactly.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int):
+        n = len(ids) // batch_size
+        self.windows = (n - 1) // seq_len
+        if self.windows < 1:
+            raise ValueError(f"the train text ({len(ids)} tokens) is too short for "
+                             f"{batch_size} streams of seq_len={seq_len} + 1 tokens; lower "
+                             f"train.batch_size or data.seq_len")
+        self.streams = ids[: n * batch_size].reshape(batch_size, n)
+        self.seq_len = seq_len
+        self.epoch = self.index = 0
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        T, i = self.seq_len, self.index
+        chunk = self.streams[:, i * T: (i + 1) * T + 1]
+        B = chunk.shape[0]
+        batch = {"inputs": chunk[:, :-1], "targets": chunk[:, 1:],
+                 "reset": np.full(B, i == 0)}
+        self.index += 1
+        if self.index == self.windows:
+            self.epoch, self.index = self.epoch + 1, 0
+        return batch
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "index": self.index}
+
+    def load_state_dict(self, state):
+        self.epoch, self.index = int(state["epoch"]), int(state["index"])
+
+
+class LMTask(Task):
+    best_metric = "nats_per_token"
+    best_mode = "min"
+
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
+        d = config.data
+        path = resolve_path(d.path)
+        self.tokenizer = text.Tokenizer(d.level, lowercase=d.lowercase)
+        vocab = None
+        if workdir is not None and (Path(workdir) / "vocab.json").exists():
+            vocab = text.Vocabulary.load(Path(workdir) / "vocab.json")  # same ids on resume
+        self.corpus = text.load_lm_corpus(path, tokenizer=self.tokenizer, vocab=vocab,
+                                          val_fraction=d.val_fraction, min_freq=d.min_freq,
+                                          max_size=d.max_vocab or None)
+        self.vocab = self.corpus.vocab
+        if len(self.corpus.val) < d.seq_len + 1:
+            raise ValueError(f"the validation part ({len(self.corpus.val)} tokens) is shorter "
+                             f"than data.seq_len + 1 = {d.seq_len + 1}; raise data.val_fraction "
+                             f"or lower data.seq_len")
+
+    def save_artifacts(self, workdir):
+        self.vocab.save(Path(workdir) / "vocab.json")
+
+    # data -------------------------------------------------------------------
+    def train_iterator(self, batch_size, seed):
+        T, ids = self.config.data.seq_len, self.corpus.train
+        if self.config.data.stateful:
+            return StreamIterator(ids, batch_size, T)
+        if len(ids) < T + 2:
+            raise ValueError(f"the train text ({len(ids)} tokens) is shorter than "
+                             f"data.seq_len + 2")
+
+        def windows(rng, b):
+            starts = rng.integers(0, len(ids) - T - 1, size=b)
+            chunk = ids[starts[:, None] + np.arange(T + 1)]
+            return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
+
+        return SyntheticIterator(windows, batch_size, seed)
+
+    def eval_batches(self, batch_size):
+        T, ids = self.config.data.seq_len, self.corpus.val
+        n = (len(ids) - 1) // T
+        n = min(n, batch_size * self.config.train.eval_batches)
+        x = np.stack([ids[i * T: i * T + T] for i in range(n)])
+        y = np.stack([ids[i * T + 1: i * T + T + 1] for i in range(n)])
+        it = batching.BatchIterator(n, batch_size, shuffle=False, remainder="pad", num_epochs=1,
+                                    collate=batching.array_collate({"inputs": x, "targets": y}))
+        return list(it)
+
+    # model and objective --------------------------------------------------------
+    def build_model(self, rngs):
+        return TokenModel(self.config.model, vocab_size=len(self.vocab), rngs=rngs)
+
+    def init_task_state(self, model, batch_size):
+        if not self.config.data.stateful:
+            return {}
+        return {"carry": model.initialize_carry(batch_size)}
+
+    def loss(self, model, batch, task_state, train):
+        carry = None
+        if self.config.data.stateful:
+            keep = ~batch["reset"]
+            carry = jax.tree.map(
+                lambda c: jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, 0.0),
+                task_state["carry"])
+        carries, logits = model(batch["inputs"], carry=carry)
+        nats, n = token_cross_entropy(logits, batch["targets"],
+                                      jnp.ones(batch["targets"].shape, jnp.float32))
+        new_state = {"carry": carries} if self.config.data.stateful else task_state
+        return nats / n, ({}, new_state)
+
+    def eval_sums(self, model, batch):
+        _, logits = model(batch["inputs"])
+        valid = batch["batch_mask"][:, None] & jnp.ones(batch["targets"].shape, bool)
+        nats, n = token_cross_entropy(logits, batch["targets"], valid)
+        return {"nats": nats, "n": n}
+
+    def summarize(self, sums):
+        nats = float(sums["nats"]) / float(sums["n"])
+        out = {"nats_per_token": nats, "bits_per_token": nats / math.log(2),
+               "perplexity": math.exp(min(nats, 700.0))}
+        if self.config.data.level == "char":
+            out["bits_per_char"] = out["bits_per_token"]
+        return out
+
+    # generation ---------------------------------------------------------------
+    def sample(self, model, prime: str, length: int, temperature: float = 1.0,
+               num: int = 1, seed: int = 0) -> list[str]:
+        """Generates ``num`` continuations of ``prime`` of ``length`` tokens.
+
+        ``temperature = 0`` is greedy. Unknown prime tokens map to ``<unk>``.
+        """
+        if length < 1:
+            raise ValueError(f"--length must be >= 1, got {length}")
+        if temperature < 0:
+            raise ValueError(f"--temperature must be >= 0, got {temperature}")
+        prime_ids = self.vocab.encode(self.tokenizer(prime)) if prime else \
+            np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
+        graphdef, state = nnx.split(model)
+
+        @jax.jit
+        def generate(state, prime_ids, key):
+            m = nnx.merge(graphdef, state)
+            tokens = jnp.broadcast_to(prime_ids, (num, prime_ids.shape[0]))
+            carry, logits = m(tokens)
+            last = logits[:, -1]
+
+            def body(c, k):
+                carry, logits = c
+                if temperature == 0:
+                    tok = jnp.argmax(logits, -1)
+                else:
+                    tok = jax.random.categorical(k, logits / temperature)
+                carry, logits = m.step(carry, tok)
+                return (carry, logits), tok
+
+            _, toks = jax.lax.scan(body, (carry, last), jax.random.split(key, length))
+            return toks.T
+
+        out = np.asarray(generate(state, jnp.asarray(prime_ids), jax.random.PRNGKey(seed)))
+        return [prime + self.tokenizer.detokenize(self.vocab.decode(row)) for row in out]
+
+    def final_report(self, model, workdir):
+        samples = self.sample(model, "", 200, temperature=0.8, num=1)
+        (Path(workdir) / "samples.txt").write_text("\n---\n".join(samples), encoding="utf-8")
+        return {}
+
+
+TASK = LMTask

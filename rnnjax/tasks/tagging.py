@@ -1,0 +1,85 @@
+"""Sequence tagging: a token in, a token out at every step (the memory tasks).
+
+``config.data.name``:
+
+* ``copy``: the copy task (Arjovsky et al. 2016): ``data.num_symbols`` symbols,
+  ``data.delay`` blanks, then recall;
+* ``selective_copy``: selective copying (Gu & Dao 2023; Feng et al. 2024):
+  ``data.num_tokens`` data tokens scattered among ``data.seq_len`` noise steps.
+
+The loss is cross-entropy on the recall positions (``data.loss_on = "mask"``)
+or on every position (``"all"``, Arjovsky's reporting). Metrics: loss, token
+accuracy on the recall positions, and the fraction of sequences recalled
+exactly. The memoryless baseline is ``log(alphabet_size)`` nats per recall token.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+
+from rnnjax.data import synthetic
+from rnnjax.models.lm import TokenModel, token_cross_entropy
+from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches
+
+SOURCES = ("copy", "selective_copy")
+
+
+class TaggingTask(Task):
+    best_metric = "token_accuracy"
+    best_mode = "max"
+
+    def __init__(self, config, workdir=None):
+        super().__init__(config, workdir)
+        d = config.data
+        if d.name == "copy":
+            self.generate = lambda rng, b: synthetic.copy_task(
+                rng, b, d.num_symbols, d.delay, d.alphabet_size)
+            self.vocab_size = synthetic.copy_task_vocab_size(d.alphabet_size)
+        elif d.name == "selective_copy":
+            self.generate = lambda rng, b: synthetic.selective_copy_task(
+                rng, b, d.seq_len, d.num_tokens, d.alphabet_size)
+            self.vocab_size = synthetic.selective_copy_vocab_size(d.alphabet_size)
+        else:
+            raise ValueError(f"unknown data.name {d.name!r} for task tagging; known: "
+                             f"{list(SOURCES)}")
+        if d.loss_on not in ("mask", "all"):
+            raise ValueError(f"data.loss_on must be 'mask' or 'all', got {d.loss_on!r}")
+
+    def train_iterator(self, batch_size, seed):
+        return SyntheticIterator(self.generate, batch_size, seed)
+
+    def eval_batches(self, batch_size):
+        return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
+                             seed=10_000 + self.config.seed)
+
+    def build_model(self, rngs):
+        return TokenModel(self.config.model, vocab_size=self.vocab_size, rngs=rngs)
+
+    def loss(self, model, batch, task_state, train):
+        _, logits = model(batch["inputs"])
+        mask = batch["loss_mask"] if self.config.data.loss_on == "mask" else \
+            jnp.ones_like(batch["loss_mask"])
+        nats, n = token_cross_entropy(logits, batch["targets"], mask)
+        correct = (jnp.argmax(logits, -1) == batch["targets"]) * batch["loss_mask"]
+        acc = jnp.sum(correct) / jnp.sum(batch["loss_mask"])
+        return nats / n, ({"token_accuracy": acc}, task_state)
+
+    def eval_sums(self, model, batch):
+        _, logits = model(batch["inputs"])
+        m = batch["loss_mask"]
+        nats, n = token_cross_entropy(logits, batch["targets"], m)
+        correct = (jnp.argmax(logits, -1) == batch["targets"]) * m
+        seq_ok = jnp.all((correct > 0) | (m == 0), axis=1)
+        return {"nats": nats, "n": n, "correct": jnp.sum(correct),
+                "seq_ok": jnp.sum(seq_ok), "seqs": jnp.asarray(m.shape[0], jnp.float32)}
+
+    def summarize(self, sums):
+        n = float(sums["n"])
+        return {"loss": float(sums["nats"]) / n, "token_accuracy": float(sums["correct"]) / n,
+                "sequence_accuracy": float(sums["seq_ok"]) / float(sums["seqs"]),
+                "baseline_loss": math.log(self.config.data.alphabet_size)}
+
+
+TASK = TaggingTask
