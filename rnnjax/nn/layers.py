@@ -142,7 +142,8 @@ class Recurrent(nnx.Module):
     def initialize_carry(self, batch_size: int) -> Carry:
         if self.learn_initial_carry:
             return jax.tree.map(
-                lambda v: jnp.broadcast_to(v, (batch_size, *v.shape)), self.initial_carry[...]
+                lambda v: jnp.broadcast_to(v, (batch_size, *v.shape)),
+                self.initial_carry.get_value(),
             )
         return self.cell.initialize_carry((batch_size,))
 
@@ -220,7 +221,14 @@ class Bidirectional(nnx.Module):
 
     def __call__(self, x, *, seq_lengths=None, mask=None, initial_carry=None,
                  return_carry=None):
-        init_f, init_b = (None, None) if initial_carry is None else initial_carry
+        if initial_carry is None:
+            init_f, init_b = None, None
+        elif isinstance(initial_carry, (tuple, list)) and len(initial_carry) == 2 \
+                and not hasattr(initial_carry, "_fields"):
+            init_f, init_b = initial_carry
+        else:
+            raise ValueError("Bidirectional: initial_carry must be a pair "
+                             "(forward_carry, backward_carry), one carry per direction")
         cf, yf = self.forward(x, seq_lengths=seq_lengths, mask=mask, initial_carry=init_f,
                               return_carry=True)
         cb, yb = self.backward(x, seq_lengths=seq_lengths, mask=mask, initial_carry=init_b,
