@@ -20,3 +20,9 @@ __all__ = [
     "register_cell", "torch_uniform", "Bidirectional", "Recurrent", "StackedRecurrent",
     "make_rnn", "lengths_to_mask", "masked_scan", "LSTMState",
 ]
+
+# Parallel-scan cells; importing min_cells registers 'min_gru' and 'min_lstm' in CELLS.
+from rnnjax.nn.linear_scan import ScanMode, linear_scan, log_linear_scan  # noqa: E402
+from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell  # noqa: E402
+
+__all__ += ["ScanMode", "linear_scan", "log_linear_scan", "MinGRUCell", "MinLSTMCell"]
