@@ -57,9 +57,9 @@ def prepare_mask(
         if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
             raise ValueError(f"{where}: seq_lengths must be integers, got {seq_lengths.dtype}")
         if _is_concrete(seq_lengths):
-            lo, hi = int(np.min(seq_lengths)), int(np.max(seq_lengths))
+            bad = np.asarray(seq_lengths)
+            lo, hi = int(bad.min()), int(bad.max())
             if lo < 1 or hi > T:
-                bad = np.asarray(seq_lengths)
                 rows = np.nonzero((bad < 1) | (bad > T))[0][:5].tolist()
                 raise ValueError(
                     f"{where}: every sequence length must be in [1, T={T}], got min {lo}, max {hi} "

@@ -297,7 +297,8 @@ def _json_default(o):
 def load_for_inference(workdir: str | Path, which: str = "best"):
     """Rebuilds the model of a workdir and restores the ``best`` or ``latest`` params.
 
-    Returns ``(config, task, model)`` with the model in eval mode.
+    Returns ``(config, task, model, step)`` with the model in eval mode and the
+    checkpoint's step.
     """
     import ml_collections
 
