@@ -58,13 +58,18 @@ def parse_arg(arg: str | None, *, lazy: bool = False, **defaults) -> ml_collecti
             if value is None:
                 raise ValueError(f"config argument {key!r} needs a value, e.g. {key}={default}")
         elif isinstance(default, bool):
-            value = str(_literal(value)).lower() in ("true", "1", "yes")
+            low = value.strip().lower()
+            if low not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"config argument {key!r} must be true or false, got {value!r}")
+            value = low in ("true", "1", "yes")
         elif isinstance(default, (int, float)) and not isinstance(default, bool):
-            try:
-                value = type(default)(_literal(value))
-            except (TypeError, ValueError):
+            parsed = _literal(value)
+            ok = isinstance(parsed, (int, float)) and not isinstance(parsed, bool) and (
+                isinstance(default, float) or float(parsed).is_integer())
+            if not ok:
                 raise ValueError(f"config argument {key!r} must be a {type(default).__name__}, "
-                                 f"got {value!r}") from None
+                                 f"got {value!r}")
+            value = type(default)(parsed)
         elif isinstance(default, str):
             value = str(value)
         else:
@@ -128,9 +133,8 @@ def apply_overrides(config: ml_collections.ConfigDict,
             pairs[key.strip()] = value
         overrides = pairs
     known = flat_keys(config)
-    for key, value in overrides.items():
-        if isinstance(value, str):
-            value = _literal(value)
+    for key, raw in overrides.items():
+        value = _literal(raw) if isinstance(raw, str) else raw
         *parents, leaf = key.split(".")
         node = config
         try:
@@ -145,6 +149,10 @@ def apply_overrides(config: ml_collections.ConfigDict,
                              + " (the config is locked: only existing keys can be overridden)"
                              ) from None
         old = node[leaf]
+        if isinstance(old, str) and isinstance(raw, str):
+            # A string field takes the text as written ("none", "3"), unquoted.
+            value = raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" \
+                else raw
         if isinstance(old, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
         if isinstance(old, tuple) and isinstance(value, list):

@@ -49,6 +49,10 @@ class Checkpointer:
                                      keep_checkpoints_without_metrics=False))
         options = ocp.CheckpointManagerOptions(
             preservation_policy=pp.AnyPreservationPolicy(policies),
+            # best_fn/best_mode make manager.best_step() rank by the metric (the
+            # policy above only decides what is kept).
+            best_fn=(lambda m: m[best_metric]) if best_metric else None,
+            best_mode=best_mode,
             # Synchronous saves: a SIGTERM or a NaN must not race a background write.
             enable_async_checkpointing=False,
             create=True,

@@ -71,11 +71,13 @@ def make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx):
         clipped, _ = clip_tx.update(grads, clip_tx.init(state["params"]), state["params"])
         updates, opt_state = opt_tx.update(clipped, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
+        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         metrics = dict(metrics, loss=loss,
-                       grad_norm=optax.global_norm(grads),
-                       grad_norm_clipped=optax.global_norm(clipped),
-                       update_norm=optax.global_norm(updates),
-                       param_norm=optax.global_norm(params))
+                       grad_norm=optax.tree.norm(grads),
+                       grad_norm_clipped=optax.tree.norm(clipped),
+                       update_norm=optax.tree.norm(updates),
+                       param_norm=optax.tree.norm(params),
+                       params_finite=finite)
         new_state = dict(step=state["step"] + 1, params=params, opt_state=opt_state,
                          task_state=jax.lax.stop_gradient(task_state))
         return new_state, metrics
@@ -196,7 +198,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
     clip_tx, opt_tx = make_optimizer(config.optim, total)
     state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_tx.init(params),
                  task_state=task.init_task_state(model, tc.batch_size))
-    state = jax.device_put(state, replicated)
+    # Copies: a carry may hold one zeros buffer twice (LSTMState(z, z)), and a
+    # donated argument must not alias itself.
+    state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
     rng = jax.random.PRNGKey(config.seed)
     train_iter = task.train_iterator(tc.batch_size, config.seed)
 
@@ -207,7 +211,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
     start = 0
     if ckpt.latest_step() is not None:
         state, meta = ckpt.restore(state)
-        state = jax.device_put(state, replicated)
+        state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
         train_iter.load_state_dict(meta["data_state"])
         start = int(meta["step"])
         log.info("resumed from step %d in %s", start, workdir)
@@ -234,10 +238,15 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
                 state, metrics = train_step(state, put_batch(batch), rng)
                 metrics = jax.device_get(metrics)
                 loss = float(metrics["loss"])
-                if not math.isfinite(loss):
+                finite = bool(metrics.pop("params_finite"))
+                if not (math.isfinite(loss) and finite):
+                    # Nothing of this step is saved: the checkpoints on disk all hold
+                    # finite parameters.
                     good = ckpt.latest_step()
+                    what = f"non-finite loss ({loss})" if not math.isfinite(loss) else \
+                        "non-finite parameters after the update"
                     raise NonFiniteLossError(
-                        f"non-finite loss ({loss}) at step {step}. The last good checkpoint "
+                        f"{what} at step {step}. The last good checkpoint "
                         f"(step {good}) in {workdir / 'checkpoints'} is kept. Lower optim.lr, "
                         f"enable optim.clip, or check the data.")
                 steps_since += 1
@@ -319,6 +328,8 @@ def load_for_inference(workdir: str | Path, which: str = "best"):
                   task_state=task.init_task_state(model, tc.batch_size))
     ckpt = Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
                         best_metric=f"eval/{task.best_metric}", best_mode=task.best_mode)
+    if which not in ("best", "latest"):
+        raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
     step = ckpt.best_step() if which == "best" else None
     if step is None:
         step = ckpt.latest_step()
