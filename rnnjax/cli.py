@@ -3,6 +3,10 @@
     rnnjax train [--config configs/x.py[:arg]] [--config.k=v ...] [--workdir runs/x]
     rnnjax eval --workdir runs/x [--checkpoint best|latest]
     rnnjax sample --workdir runs/x [--prime TEXT] [--length N] [--temperature T]
+    rnnjax decode --workdir runs/x --strategy greedy|beam|sample [--beam-size K] --input "12+345"
+    rnnjax sweep experiments/<study>.py[:arg] [--workers N] [--smoke] [--vmap-seeds]
+    rnnjax report experiments/<study>.py[:arg]
+    rnnjax diagnose --workdir runs/x
 
 ``rnnjax train`` with no ``--config`` runs the embedded default job
 (``configs/adding.py``, an LSTM on the adding problem at T=100) in ``runs/default``.
@@ -103,6 +107,116 @@ def cmd_sample(argv):
                             args.seed):
         print(text)
         print("-" * 40)
+
+
+@command
+def cmd_decode(argv):
+    p = argparse.ArgumentParser(
+        prog="rnnjax decode",
+        description="Decode inputs with a trained seq2seq workdir. Greedy and sample print "
+                    "'input<TAB>output<TAB>logprob=..' per input; beam prints the input, then "
+                    "its n-best outputs with their scores.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--strategy", choices=["greedy", "beam", "sample"], default="greedy")
+    p.add_argument("--beam-size", type=int, default=4, help="beam: K")
+    p.add_argument("--n-best", type=int, default=None,
+                   help="beam: hypotheses to print per input (default all K)")
+    p.add_argument("--temperature", type=float, default=1.0, help="sample: 0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="sample: keep the k best tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample: nucleus mass")
+    p.add_argument("--seed", type=int, default=0, help="sample: PRNG seed")
+    p.add_argument("--max-len", type=int, default=None,
+                   help="most output tokens, eos included (default: enough for the input)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", help="one source string, e.g. '12+345'")
+    src.add_argument("--input-file", help="a UTF-8 file with one source string per line")
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    args = p.parse_args(argv)
+    from rnnjax.train.trainer import load_for_inference
+
+    if args.input is not None:
+        texts = [args.input]
+    else:
+        lines = Path(args.input_file).read_text(encoding="utf-8").splitlines()
+        texts = [line for line in lines if line.strip()]
+    config, task, model, _ = load_for_inference(args.workdir, args.checkpoint)
+    if not hasattr(task, "decode"):
+        raise SystemExit(f"error: task {config.task!r} has no decoder; `rnnjax decode` needs "
+                         f"a seq2seq workdir")
+    n_best = 1 if args.strategy != "beam" else (args.n_best or args.beam_size)
+    results = task.decode(model, texts, strategy=args.strategy, beam_size=args.beam_size,
+                          n_best=n_best, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, seed=args.seed, max_len=args.max_len)
+    for text, hyps in zip(texts, results):
+        if args.strategy != "beam":
+            print(f"{text.strip()}\t{hyps[0]['output']}\tlogprob={hyps[0]['logprob']:.4f}")
+            continue
+        print(text.strip())
+        for i, h in enumerate(hyps, 1):
+            print(f"  {i}. {h['output']}\tscore={h['score']:.4f} logprob={h['logprob']:.4f}")
+
+
+@command
+def cmd_sweep(argv):
+    p = argparse.ArgumentParser(
+        prog="rnnjax sweep", description="Run every trial of a study (experiments/x.py[:arg]); "
+        "done trials are skipped, interrupted ones resume, failed ones are retried.")
+    p.add_argument("study", help="experiments/<study>.py[:arg]")
+    p.add_argument("--workers", type=int, default=1, help="trials run at once (processes)")
+    p.add_argument("--smoke", action="store_true", help="the study's CI-sized variant")
+    p.add_argument("--root", default=None, help="sweep root; default runs/<study>")
+    p.add_argument("--vmap-seeds", action="store_true",
+                   help="run trials that differ only in seed (and optim.lr) as one vmapped "
+                        "process (faster for small models; writes no checkpoints)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds per trial")
+    p.add_argument("--report", action="store_true", help="write the report when done")
+    args = p.parse_args(argv)
+    from rnnjax.sweep import run_sweep
+
+    summary = run_sweep(args.study, args.root, workers=args.workers, smoke=args.smoke,
+                        vmap_seeds=args.vmap_seeds, timeout=args.timeout)
+    print(json.dumps({"root": summary["root"], "counts": summary["counts"]}))
+    if args.report:
+        from rnnjax.report import report
+
+        print(report(args.study, args.root, smoke=args.smoke)["markdown"])
+
+
+@command
+def cmd_report(argv):
+    p = argparse.ArgumentParser(prog="rnnjax report",
+                                description="Tables (Markdown, CSV) and curves from a sweep.")
+    p.add_argument("study", help="experiments/<study>.py[:arg]")
+    p.add_argument("--root", default=None, help="sweep root; default runs/<study>")
+    p.add_argument("--smoke", action="store_true", help="report the smoke variant")
+    p.add_argument("--out", default=None, help="output folder; default <root>/report")
+    args = p.parse_args(argv)
+    from rnnjax.report import report
+
+    out = report(args.study, args.root, out_dir=args.out, smoke=args.smoke)
+    print(out["markdown"])
+    print(f"\nwrote {out['table_md']}, {out['table_csv']}"
+          + "".join(f", {p}" for p in out["plots"]), file=sys.stderr)
+
+
+@command
+def cmd_diagnose(argv):
+    p = argparse.ArgumentParser(
+        prog="rnnjax diagnose", description="Gradient flow through time, gate saturation and "
+        "recurrent spectral radii of a trained workdir on one eval batch.")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="examples of the first eval batch to use (default: all)")
+    args = p.parse_args(argv)
+    from rnnjax.diagnostics import diagnose_workdir
+
+    result = diagnose_workdir(args.workdir, which=args.checkpoint, batch_size=args.batch_size)
+    print(json.dumps({k: result[k] for k in ("workdir", "checkpoint_step", "loss",
+                                             "grad_summary", "gate_saturation",
+                                             "spectral_radius")}, indent=2))
+    print(f"wrote {Path(args.workdir) / 'diagnostics.json'} and "
+          f"{Path(args.workdir) / 'plots' / 'grad_flow.png'}", file=sys.stderr)
 
 
 def _printable(d):

@@ -107,7 +107,8 @@ class Progress:
         self.bar.close()
 
 
-def plot_curves(workdir: str | Path, keys: Iterable[str] | None = None) -> list[Path]:
+def plot_curves(workdir: str | Path, keys: Iterable[str] | None = None,
+                splits: Iterable[str] = ("train", "eval")) -> list[Path]:
     """Writes one PNG per metric (train and eval curves on one axis) to ``workdir/plots``."""
     import matplotlib
 
@@ -116,7 +117,10 @@ def plot_curves(workdir: str | Path, keys: Iterable[str] | None = None) -> list[
 
     rows = latest_rows(read_metrics(workdir))
     series: dict[str, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+    splits = set(splits)
     for r in rows:
+        if r.get("split") not in splits:
+            continue
         for k, v in r.items():
             if k in ("step", "split", "time") or not isinstance(v, (int, float)) \
                     or isinstance(v, bool):

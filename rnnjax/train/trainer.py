@@ -256,6 +256,14 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
                     metrics["lr"] = float(make_lr(config.optim, total)(step - 1))
                     t_last, steps_since = now, 0
                     writer.write(step, "train", metrics)
+                if tc.diagnostics_every and step % tc.diagnostics_every == 0:
+                    # Gradient flow through time on this step's batch, in eval mode
+                    # (no dropout): rnnjax.diagnostics.training_diagnostics.
+                    from rnnjax.diagnostics import training_diagnostics
+
+                    diag_model = nnx.merge(graphdef_eval, state["params"], rng_state, consts)
+                    writer.write(step, "diagnostics",
+                                 training_diagnostics(diag_model, task, batch))
                 bar.update(1, loss=loss)
                 did_eval = step % tc.eval_every == 0 or step == total
                 if did_eval:

@@ -1,0 +1,342 @@
+"""Ablation reports: one table and learning-curve plots from a sweep's workdirs.
+
+``rnnjax report experiments/<study>.py [--root DIR]`` expands the study again
+(:func:`rnnjax.sweep.expand`), reads every trial's ``results.json``,
+``failed.json`` and ``metrics.jsonl``, groups trials by their non-seed
+overrides and writes, under ``<root>/report/``:
+
+* ``table.md`` and ``table.csv``: per configuration, ``mean ± std`` over seeds of
+  each study metric (sample std, ``ddof=1``; one seed shows the value alone),
+  the success rate (seeds that reached the study's threshold, over done and
+  failed seeds: a diverged seed did not succeed), and the number of seeds done,
+  failed and pending. The best mean of each metric is bold;
+* ``curves_<metric>.png``: the mean learning curve over seeds with a ±1 std
+  band, one line per configuration, one panel per value of the study's
+  ``plot.panel`` field.
+
+Metric names (see :func:`rnnjax.sweep.parse_metric`): ``eval.mse`` is the final
+value in ``results.json``; ``<split>.<key>:<agg>`` aggregates the rows of
+``metrics.jsonl`` (``train.grad_norm:max`` is the largest gradient-norm spike).
+
+This module reads files only: it never imports models or the trainer.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from rnnjax.sweep import (Study, Trial, expand, format_value, load_study,
+                          parse_metric, short_names, trial_status)
+from rnnjax.train.metrics import latest_rows, read_metrics
+
+_OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.greater}
+
+
+@dataclasses.dataclass
+class TrialResult:
+    trial: Trial
+    status: str  # done | failed | started | pending
+    eval: dict[str, Any] | None
+    rows: list[dict]
+    error: str | None = None
+
+
+def read_trial(trial: Trial) -> TrialResult:
+    """A trial's status, final eval metrics (if done), metric rows and failure line."""
+    wd = trial.workdir
+    status = trial_status(wd)
+    ev = None
+    if status == "done":
+        ev = json.loads((wd / "results.json").read_text()).get("eval", {})
+    error = None
+    if status == "failed":
+        try:
+            info = json.loads((wd / "failed.json").read_text())
+        except (json.JSONDecodeError, OSError):
+            info = {}
+        text = info.get("error") or info.get("stderr_tail") or ""
+        lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
+        error = lines[-1] if lines else f"return code {info.get('returncode')}"
+    return TrialResult(trial, status, ev, latest_rows(read_metrics(wd)), error)
+
+
+def metric_value(metric: str, result: TrialResult) -> float:
+    """One trial's value of ``metric``; NaN where it has none (not done, not logged)."""
+    split, key, agg = parse_metric(metric)
+    if agg is None and split == "eval" and result.eval is not None:
+        v = result.eval.get(key)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
+    if agg is None:
+        agg = "last"
+        if split == "eval" and result.status != "done":
+            return math.nan  # a final eval metric of an unfinished run does not exist
+    # Non-finite values are logged as strings ("nan"); they carry no magnitude.
+    values = [float(r[key]) for r in result.rows
+              if r.get("split") == split and isinstance(r.get(key), (int, float))
+              and not isinstance(r.get(key), bool) and math.isfinite(r[key])]
+    if not values:
+        return math.nan
+    arr = np.asarray(values)
+    return float({"max": np.max, "min": np.min, "mean": np.mean,
+                  "last": lambda a: a[-1], "first": lambda a: a[0]}[agg](arr))
+
+
+def _stats(values: Sequence[float]) -> dict[str, Any]:
+    vals = [v for v in values if not math.isnan(v)]
+    n = len(vals)
+    return {"mean": float(np.mean(vals)) if n else math.nan,
+            "std": float(np.std(vals, ddof=1)) if n >= 2 else math.nan,
+            "n": n, "values": [float(v) for v in values]}
+
+
+def summarize(study: Study, results: Sequence[TrialResult]) -> list[dict[str, Any]]:
+    """One row per configuration (non-seed overrides), in the study's order."""
+    groups: dict[str, list[TrialResult]] = {}
+    for r in results:
+        key = json.dumps(r.trial.group, sort_keys=True, default=repr)
+        groups.setdefault(key, []).append(r)
+    rows = []
+    for members in groups.values():
+        status = [m.status for m in members]
+        row = {"overrides": members[0].trial.group, "seeds": len(members),
+               "done": status.count("done"), "failed": status.count("failed"),
+               "pending": len(members) - status.count("done") - status.count("failed"),
+               "metrics": {}, "success": {},
+               "errors": [(m.trial.name, m.error) for m in members if m.status == "failed"]}
+        for metric in study.metrics:
+            row["metrics"][metric] = _stats([metric_value(metric, m) for m in members])
+        for metric, (op, thr) in study.success.items():
+            finished = [m for m in members if m.status in ("done", "failed")]
+            hits = sum(1 for m in finished if m.status == "done"
+                       and bool(_OPS[op](metric_value(metric, m), thr)))
+            row["success"][metric] = {"hits": hits, "n": len(finished),
+                                      "rate": hits / len(finished) if finished else math.nan}
+        rows.append(row)
+    return rows
+
+
+def _fmt(x: float, digits: int = 4) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "—"
+    if x != 0 and (abs(x) >= 1e5 or abs(x) < 1e-3):
+        return f"{x:.{max(digits - 2, 1)}e}"
+    return f"{x:.{digits}g}"
+
+
+def _success_label(metric: str, cond: tuple[str, float]) -> str:
+    return f"success {metric} {cond[0]} {cond[1]:g}"
+
+
+def _columns(study: Study) -> tuple[list[str], dict[str, str]]:
+    axes = study.axes
+    return axes, short_names(axes)
+
+
+def markdown_table(study: Study, rows: list[dict]) -> str:
+    """The table as Markdown, best mean per metric in bold."""
+    axes, names = _columns(study)
+    best = {}
+    for metric, better in study.metrics.items():
+        means = [r["metrics"][metric]["mean"] for r in rows]
+        finite = [m for m in means if not math.isnan(m)]
+        if finite:
+            best[metric] = (min if better == "min" else max)(finite)
+    header = [names[a] for a in axes]
+    header += [f"{m} {'↓' if b == 'min' else '↑'}" for m, b in study.metrics.items()]
+    header += [_success_label(m, c) for m, c in study.success.items()]
+    header += ["seeds done", "failed"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for r in rows:
+        cells = [format_value(r["overrides"].get(a, "")) for a in axes]
+        for metric in study.metrics:
+            s = r["metrics"][metric]
+            text = _fmt(s["mean"]) if s["n"] < 2 else f"{_fmt(s['mean'])} ± {_fmt(s['std'], 2)}"
+            if s["n"] and best.get(metric) == s["mean"]:
+                text = f"**{text}**"
+            cells.append(text)
+        for metric in study.success:
+            s = r["success"][metric]
+            cells.append(f"{s['hits']}/{s['n']}" if s["n"] else "—")
+        cells += [f"{r['done']}/{r['seeds']}", str(r["failed"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def csv_text(study: Study, rows: list[dict]) -> str:
+    axes, names = _columns(study)
+    header = [names[a] for a in axes]
+    for m in study.metrics:
+        header += [f"{m} mean", f"{m} std", f"{m} n"]
+    for m, c in study.success.items():
+        header += [_success_label(m, c) + " rate", _success_label(m, c) + " n"]
+    header += ["seeds", "done", "failed", "pending"]
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in rows:
+        line = [r["overrides"].get(a, "") for a in axes]
+        for m in study.metrics:
+            s = r["metrics"][m]
+            line += [_csv_num(s["mean"]), _csv_num(s["std"]), s["n"]]
+        for m in study.success:
+            s = r["success"][m]
+            line += [_csv_num(s["rate"]), s["n"]]
+        line += [r["seeds"], r["done"], r["failed"], r["pending"]]
+        w.writerow(line)
+    return buf.getvalue()
+
+
+def _csv_num(x: float) -> str:
+    return "" if math.isnan(x) else repr(float(x))
+
+
+# ---------------------------------------------------------------------------
+# Learning curves.
+# ---------------------------------------------------------------------------
+def curve(result: TrialResult, split: str, key: str) -> tuple[np.ndarray, np.ndarray]:
+    pts = [(r["step"], float(r[key])) for r in result.rows
+           if r.get("split") == split and isinstance(r.get(key), (int, float))
+           and not isinstance(r.get(key), bool) and math.isfinite(float(r[key]))]
+    pts.sort()
+    return np.asarray([p[0] for p in pts]), np.asarray([p[1] for p in pts])
+
+
+def mean_curve(curves: list[tuple[np.ndarray, np.ndarray]]
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean and std over seeds at every step any seed logged (std where >= 2 seeds)."""
+    steps = np.unique(np.concatenate([c[0] for c in curves])) if curves else np.zeros(0)
+    mean, std = np.full(len(steps), np.nan), np.full(len(steps), np.nan)
+    for j, s in enumerate(steps):
+        vals = [c[1][np.searchsorted(c[0], s)] for c in curves
+                if np.searchsorted(c[0], s) < len(c[0]) and c[0][np.searchsorted(c[0], s)] == s]
+        mean[j] = np.mean(vals)
+        if len(vals) >= 2:
+            std[j] = np.std(vals, ddof=1)
+    return steps, mean, std
+
+
+def plot_study(study: Study, results: Sequence[TrialResult], out_dir: str | Path) -> list[Path]:
+    """``curves_<metric>.png``: mean ± std learning curves grouped by the swept fields."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    opts = study.plot
+    metric = opts.get("metric") or next(
+        (m for m in study.metrics if parse_metric(m)[2] is None), "train.loss")
+    split, key, _ = parse_metric(metric)
+    panel = opts.get("panel")
+    axes_keys, names = _columns(study)
+    if panel is not None and panel not in axes_keys:
+        raise ValueError(f"study {study.name}: plot.panel {panel!r} is not a swept field; "
+                         f"swept: {axes_keys}")
+    groups: dict[str, list[TrialResult]] = {}
+    for r in results:
+        groups.setdefault(json.dumps(r.trial.group, sort_keys=True, default=repr), []).append(r)
+    panel_values = [None] if panel is None else list(dict.fromkeys(
+        m[0].trial.group.get(panel) for m in groups.values()))
+    labels = list(dict.fromkeys(
+        _label({k: v for k, v in m[0].trial.group.items() if k != panel}, names)
+        for m in groups.values()))
+    colors = {lab: plt.get_cmap("tab10")(i % 10) for i, lab in enumerate(labels)}
+    n = len(panel_values)
+    fig, axs = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 3.6), sharey=True, squeeze=False)
+    for ax, pv in zip(axs[0], panel_values):
+        for members in groups.values():
+            g = members[0].trial.group
+            if panel is not None and g.get(panel) != pv:
+                continue
+            curves = [curve(m, split, key) for m in members]
+            curves = [c for c in curves if len(c[0])]
+            if not curves:
+                continue
+            steps, mean, std = mean_curve(curves)
+            lab = _label({k: v for k, v in g.items() if k != panel}, names)
+            ax.plot(steps, mean, color=colors[lab], label=f"{lab} (n={len(curves)})",
+                    marker="o" if len(steps) < 30 else None, markersize=3)
+            ok = ~np.isnan(std)
+            if ok.any():
+                lo, hi = mean - std, mean + std
+                if opts.get("logy"):
+                    lo = np.where(lo > 0, lo, np.nanmin(mean[mean > 0]) if (mean > 0).any()
+                                  else 1e-12)
+                ax.fill_between(steps[ok], lo[ok], hi[ok], color=colors[lab], alpha=0.2,
+                                linewidth=0)
+        if opts.get("hline") is not None:
+            ax.axhline(float(opts["hline"]), color="gray", linestyle="--", linewidth=1,
+                       label=opts.get("hline_label", None))
+        if opts.get("logy"):
+            ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3, which="both")
+        if panel is not None:
+            ax.set_title(f"{names[panel]}={format_value(pv)}")
+    axs[0][0].set_ylabel(metric)
+    handles, labs = axs[0][0].get_legend_handles_labels()
+    for ax in axs[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab.split(" (n=")[0] not in [x.split(" (n=")[0] for x in labs]:
+                handles.append(h)
+                labs.append(lab)
+    fig.suptitle(f"{study.name}: {metric}, mean ± std over seeds", fontsize=9, x=0.01,
+                 ha="left")
+    right = 1 - 1.6 / (4.2 * n + 0.8) if handles else 1
+    if handles:
+        fig.legend(handles, labs, loc="center right", fontsize=8)
+    fig.tight_layout(rect=(0, 0, right, 0.95))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"curves_{metric.replace('.', '_').replace(':', '_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
+def _label(overrides: dict, names: dict[str, str]) -> str:
+    return ",".join(f"{names.get(k, k)}={format_value(v)}" for k, v in overrides.items()) or "all"
+
+
+# ---------------------------------------------------------------------------
+# The command.
+# ---------------------------------------------------------------------------
+def report(study: str | Path | Study, root: str | Path | None = None, *,
+           out_dir: str | Path | None = None, smoke: bool = False,
+           plots: bool = True) -> dict[str, Any]:
+    """Writes ``table.md``, ``table.csv`` and curve plots; returns paths and the Markdown."""
+    if not isinstance(study, Study):
+        study = load_study(study, smoke=smoke)
+    root = Path(root) if root is not None else study.default_root()
+    if not root.is_dir():
+        raise FileNotFoundError(f"sweep root {str(root)!r} does not exist; run the study first "
+                                f"(`rnnjax sweep {study.path or study.name}`) or pass --root")
+    trials = expand(study, root)
+    results = [read_trial(t) for t in trials]
+    rows = summarize(study, results)
+    out = Path(out_dir) if out_dir is not None else root / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    table = markdown_table(study, rows)
+    plot_paths = plot_study(study, results, out) if plots else []
+    md = [f"# {study.name}", ""]
+    if study.description:
+        md += [study.description.strip(), ""]
+    md += [f"Base config `{study.base}`; {len(trials)} trials "
+           f"({len(rows)} configurations x {len(study.seeds)} seeds) in `{root}`. "
+           f"Mean ± std over seeds.", "", table, ""]
+    errors = [e for r in rows for e in r["errors"]]
+    if errors:
+        md += ["Failed trials:", ""] + [f"- `{n}`: {err}" for n, err in errors] + [""]
+    for p in plot_paths:
+        md += [f"![{p.stem}]({p.name})", ""]
+    (out / "table.md").write_text("\n".join(md))
+    (out / "table.csv").write_text(csv_text(study, rows))
+    return {"markdown": table, "table_md": out / "table.md", "table_csv": out / "table.csv",
+            "plots": plot_paths, "rows": rows, "errors": errors}
