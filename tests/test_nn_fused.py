@@ -1,0 +1,256 @@
+"""The fused LSTM/GRU loops (rnnjax.nn.fused) against the plain masked scan.
+
+References: the cell's own step form under :func:`rnnjax.nn.scan.masked_scan` and
+``jax.grad`` of it (a different code path: autodiff of a generic scan, no hand-written
+backward), float64 central finite differences, and ``jnp.tanh`` for the
+``2*sigmoid(2x) - 1`` identity. Also checked: that float32 LSTM/GRU layers really
+dispatch to the fused loops and other configurations do not, ``disabled()`` for
+forward-mode autodiff, and the ValueErrors for bad shapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from rnnjax.nn import GRUCell, LSTMCell, LSTMState, Recurrent, fused, masked_scan
+
+T, B, E, H = 6, 4, 3, 5
+# Ragged, and not only right padding: rows with holes, a row masked at t=0 and one
+# fully valid, so carry pass-through is exercised in the middle of a sequence too.
+MASK = np.array([
+    [1, 1, 1, 0, 1, 1],
+    [1, 0, 0, 0, 0, 0],
+    [0, 1, 1, 1, 0, 1],
+    [1, 1, 1, 1, 1, 1],
+], bool).T  # (T, B)
+MASK_CASES = [pytest.param(None, id="nomask"), pytest.param(MASK, id="ragged")]
+DIR_CASES = [pytest.param(False, id="fwd"), pytest.param(True, id="rev")]
+
+
+def make(kind, seed=0, **kw):
+    Cell = LSTMCell if kind == "lstm" else GRUCell
+    cell = Cell(E, H, rngs=nnx.Rngs(seed), **kw)
+    rng = np.random.default_rng(seed + 1)
+    for name in ("b_ih", "b_hh"):  # non-zero biases, so b_hn placement is tested
+        p = getattr(cell, name)
+        p[...] = jnp.asarray(rng.normal(scale=0.5, size=p[...].shape), p[...].dtype)
+    return cell
+
+
+def random_inputs(kind, cell, seed=2, dtype=jnp.float32):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=(T, B, E)), dtype)
+    carry = cell.initialize_carry(B, dtype)
+    carry = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), dtype), carry)
+    w_y = jnp.asarray(rng.normal(size=(T, B, H)), dtype)
+    return x, carry, w_y
+
+
+def run(kind, cell, fn, w_hh, xp, carry, mask, reverse):
+    """``fn='fused'`` calls rnnjax.nn.fused directly; ``'plain'`` the masked scan."""
+    m = None if mask is None else jnp.asarray(mask)
+    if fn == "plain":
+        gd, st = nnx.split(cell)
+        st["w_hh"] = st["w_hh"].replace(w_hh)
+        step = nnx.merge(gd, st).step_projected
+        return masked_scan(step, carry, xp, m, reverse=reverse)
+    if kind == "lstm":
+        return fused.lstm_scan(w_hh, xp, carry, m, reverse=reverse)
+    b_hn = cell.b_hh[...][2 * H:]
+    return fused.gru_scan(w_hh, b_hn, xp, carry, m, reverse=reverse)
+
+
+def loss_fn(kind, cell, fn, mask, reverse, w_y):
+    def loss(w_hh, xp, carry):
+        c, ys = run(kind, cell, fn, w_hh, xp, carry, mask, reverse)
+        # Weights on every output and on the final carry, so each cotangent path counts.
+        return jnp.sum(ys * w_y) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(c))
+
+    return loss
+
+
+@pytest.mark.parametrize("reverse", DIR_CASES)
+@pytest.mark.parametrize("mask", MASK_CASES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_fused_matches_plain_scan_values_and_gradients(kind, mask, reverse):
+    cell = make(kind)
+    x, carry, w_y = random_inputs(kind, cell)
+    xp = cell.project_inputs(x)
+    w_hh = cell.w_hh[...]
+    c_f, y_f = jax.jit(lambda *a: run(kind, cell, "fused", *a, mask, reverse))(w_hh, xp, carry)
+    c_p, y_p = run(kind, cell, "plain", w_hh, xp, carry, mask, reverse)
+    np.testing.assert_allclose(np.asarray(y_f), np.asarray(y_p), atol=1e-6, rtol=0)
+    for a, b in zip(jax.tree.leaves(c_f), jax.tree.leaves(c_p)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
+    if mask is not None:  # masked outputs are exactly zero
+        assert np.all(np.asarray(y_f)[~mask] == 0)
+    if kind == "lstm":
+        assert isinstance(c_f, LSTMState)
+
+    args = (w_hh, xp, carry)
+    g_f = jax.jit(jax.grad(loss_fn(kind, cell, "fused", mask, reverse, w_y), (0, 1, 2)))(*args)
+    g_p = jax.grad(loss_fn(kind, cell, "plain", mask, reverse, w_y), (0, 1, 2))(*args)
+    for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
+        assert np.max(np.abs(np.asarray(b))) > 1e-3  # a gradient that is really there
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+    if mask is not None:  # no gradient reaches the projected inputs of masked steps
+        assert np.all(np.asarray(g_f[1])[~mask] == 0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_fused_gradients_match_float64_finite_differences(x64, kind):
+    cell = make(kind, seed=3, param_dtype=jnp.float64)
+    x, carry, w_y = random_inputs(kind, cell, seed=4, dtype=jnp.float64)
+    primal = (cell.w_hh[...], cell.project_inputs(x), carry)
+    loss = jax.jit(loss_fn(kind, cell, "fused", MASK, True, w_y))
+    grads = jax.grad(loss, (0, 1, 2))(*primal)
+    leaves, treedef = jax.tree.flatten(primal)
+    for k, key in enumerate(jax.random.split(jax.random.key(5), len(leaves))):
+        # One leaf at a time, so a small wrong gradient cannot hide behind a large one.
+        v = jax.tree.unflatten(treedef, [
+            jax.random.normal(key, a.shape, jnp.float64) if i == k else jnp.zeros_like(a)
+            for i, a in enumerate(leaves)])
+        analytic = sum(jax.tree.leaves(jax.tree.map(lambda g, d: jnp.sum(g * d), grads, v)))
+        eps = 1e-6
+        plus = loss(*jax.tree.map(lambda a, d: a + eps * d, primal, v))
+        minus = loss(*jax.tree.map(lambda a, d: a - eps * d, primal, v))
+        numeric = (plus - minus) / (2 * eps)
+        assert abs(float(analytic)) > 1e-3
+        np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6, atol=1e-8)
+
+
+def _uses_fused(layer, x) -> bool:
+    """Whether the layer's time loop is a fused custom-VJP loop (the input projection,
+    also a custom VJP, is switched off here so that only the loop is seen)."""
+    graphdef, state = nnx.split(layer)
+    can_project = fused.can_project
+    fused.can_project = lambda *a: False
+    try:
+        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
+    finally:
+        fused.can_project = can_project
+    return "custom_vjp_call" in str(jaxpr)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_layers_dispatch_to_fused_and_agree_with_plain_path(kind):
+    cell = make(kind, seed=6)
+    layer = Recurrent(cell, reverse=True, return_carry=True)
+    x = jnp.asarray(np.random.default_rng(7).normal(size=(B, T, E)), jnp.float32)
+    lengths = jnp.asarray([6, 1, 4, 3])
+    assert _uses_fused(layer, x)
+    graphdef, params = nnx.split(layer)
+
+    def loss(params):
+        c, y = nnx.merge(graphdef, params)(x, seq_lengths=lengths)
+        return jnp.sum(y ** 2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(c))
+
+    l_f, g_f = jax.value_and_grad(loss)(params)
+    with fused.disabled():
+        assert not fused.enabled()
+        assert not _uses_fused(layer, x)
+        l_p, g_p = jax.value_and_grad(loss)(params)
+    assert fused.enabled()
+    np.testing.assert_allclose(float(l_f), float(l_p), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind,kw", [
+    pytest.param("lstm", {"dtype": jnp.bfloat16}, id="lstm_bf16"),
+    pytest.param("gru", {"dtype": jnp.bfloat16}, id="gru_bf16"),
+    pytest.param("gru", {"reset_before": True}, id="gru_reset_before"),
+])
+def test_other_configurations_use_the_plain_scan(kind, kw):
+    layer = Recurrent(make(kind, **kw))
+    x = jnp.ones((B, T, E), jnp.float32)
+    assert not _uses_fused(layer, x)
+
+
+def test_disabled_allows_forward_mode_autodiff():
+    cell = make("lstm", seed=8)
+    x, carry, _ = random_inputs("lstm", cell, seed=9)
+    w_hh, xp = cell.w_hh[...], cell.project_inputs(x)
+
+    def f(w):
+        return cell.scan_projected(carry, xp + jnp.sum(w) * 0.1, jnp.asarray(MASK))[1]
+
+    with pytest.raises(TypeError):  # a custom VJP has no JVP rule
+        jax.jacfwd(f)(w_hh)
+    with fused.disabled():
+        fwd = jax.jacfwd(f)(w_hh)
+    rev = jax.jacrev(f)(w_hh)  # through the fused backward
+    np.testing.assert_allclose(np.asarray(fwd), np.asarray(rev), atol=1e-5, rtol=0)
+
+
+def test_one_sigmoid_tanh_identity_is_accurate_in_float32():
+    # The LSTM's g gate is 2*sigmoid(2x) - 1 instead of tanh(x): an absolute error of a
+    # few float32 ulps of 1 (3 measured on XLA:CPU), well inside the 1e-6 promised.
+    x = jnp.linspace(-20.0, 20.0, 200_001, dtype=jnp.float32)
+    err = jnp.abs(2 * jax.nn.sigmoid(2 * x) - 1 - jnp.tanh(x))
+    assert float(jnp.max(err)) < 5e-7
+
+
+def test_project_matches_matmul_plus_bias_in_values_and_gradients():
+    rng = np.random.default_rng(10)
+    x = jnp.asarray(rng.normal(size=(T, B, E)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(E, 4 * H)), jnp.float32)
+    b = jnp.asarray(rng.normal(size=(4 * H,)), jnp.float32)
+    r = jnp.asarray(rng.normal(size=(T, B, 4 * H)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(fused.project(x, w, b)), np.asarray(x @ w + b),
+                               atol=1e-5, rtol=0)
+
+    def loss(f):
+        return lambda x, w, b: jnp.sum(jnp.sin(f(x, w, b)) * r)
+
+    g_f = jax.jit(jax.grad(loss(fused.project), (0, 1, 2)))(x, w, b)
+    g_p = jax.grad(loss(lambda x, w, b: x @ w + b), (0, 1, 2))(x, w, b)
+    for a, c in zip(g_f, g_p):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-4, rtol=1e-5)
+
+
+def test_lanes_give_the_same_numbers(monkeypatch):
+    # Row blocks of the batch run as independent chains in the loop body.
+    monkeypatch.setattr(fused, "LANES", 2)
+    for kind in ("lstm", "gru"):
+        cell = make(kind, seed=11)
+        x, carry, w_y = random_inputs(kind, cell, seed=12)
+        args = (cell.w_hh[...], cell.project_inputs(x), carry)
+        loss = loss_fn(kind, cell, "fused", MASK, False, w_y)
+        l_f, g_f = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(*args)
+        l_p, g_p = jax.value_and_grad(loss_fn(kind, cell, "plain", MASK, False, w_y),
+                                      (0, 1, 2))(*args)
+        np.testing.assert_allclose(float(l_f), float(l_p), rtol=1e-6)
+        for a, c in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=0)
+
+
+def test_lanes_are_used_only_for_big_steps_on_cpu(monkeypatch):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the lane rule is for XLA:CPU")
+    assert fused.lanes_for(64, 256, 4) == 2  # M: 17M multiply-adds a step
+    assert fused.lanes_for(64, 256, 3) == 4
+    assert fused.lanes_for(32, 128, 4) == 1  # S
+    assert fused.lanes_for(16, 64, 4) == 1  # L
+    assert fused.lanes_for(24, 1024, 4) == 1  # would leave blocks of under 16 rows
+    monkeypatch.setattr(fused, "LANES", 3)
+    assert fused.lanes_for(6, 4, 4) == 3 and fused.lanes_for(5, 4, 4) == 1
+
+
+def test_bad_shapes_raise_value_errors():
+    w = jnp.zeros((H, 4 * H))
+    xp = jnp.zeros((T, B, 4 * H))
+    carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
+    with pytest.raises(ValueError, match="time-major"):
+        fused.lstm_scan(w, xp[0], carry)
+    with pytest.raises(ValueError, match="4\\*H"):
+        fused.lstm_scan(w, jnp.zeros((T, B, 3 * H)), carry)
+    with pytest.raises(ValueError, match="mask must be"):
+        fused.lstm_scan(w, xp, carry, jnp.ones((B, T), bool))
+    with pytest.raises(ValueError, match="b_hn"):
+        fused.gru_scan(jnp.zeros((H, 3 * H)), jnp.zeros((H + 1,)), jnp.zeros((T, B, 3 * H)),
+                       jnp.zeros((B, H)))
