@@ -18,9 +18,6 @@ Implementations:
   the cells dispatch to the fused custom-VJP loops of :mod:`rnnjax.nn.fused`.
 * ``rnnjax_plain`` (opt-in): the same, traced under ``fused.disabled()`` (plain
   ``lax.scan`` autodiff), to show what the fused loops buy.
-* ``rnnjax_project`` (opt-in): the same as ``rnnjax``, but traced with
-  ``RecurrentCell.project_inputs`` computing ``fused.project(x, W_ih, b)`` (a
-  custom-VJP input projection): what that proposed library change would give.
 * ``torch``: ``nn.LSTM`` / ``nn.GRU`` (batch_first), ``torch.set_num_threads(2)``
   on CPU (``--torch-threads``), the same loss and SGD update. Skipped with a
   message when torch is missing, or when JAX runs on a GPU and torch has no CUDA.
@@ -59,7 +56,7 @@ SHAPES = {  # name: (B, T, E, H)
     "L": (16, 1024, 32, 64),
 }
 QUICK_SHAPES = {"Q": (4, 16, 8, 16)}
-IMPLS = ("rnnjax", "rnnjax_plain", "rnnjax_project", "torch", "linen")
+IMPLS = ("rnnjax", "rnnjax_plain", "torch", "linen")
 LR = 1e-3  # small, so many steps on one batch stay finite
 
 
@@ -114,7 +111,7 @@ import numpy as np  # noqa: E402
 from flax import linen, nnx  # noqa: E402
 
 from rnnjax.nn import fused  # noqa: E402
-from rnnjax.nn.cells import GRUCell, LSTMCell, RecurrentCell  # noqa: E402
+from rnnjax.nn.cells import GRUCell, LSTMCell  # noqa: E402
 from rnnjax.nn.layers import Recurrent  # noqa: E402
 
 try:
@@ -162,22 +159,6 @@ class JaxImpl:
             self.fn(self.params, self.x).block_until_ready()
 
 
-@contextlib.contextmanager
-def projected_with_fused_project():
-    """Traces RecurrentCell.project_inputs as ``fused.project`` (then restores it)."""
-    original = RecurrentCell.project_inputs
-
-    def project_inputs(self, x):
-        self.check_features(x)
-        return fused.project(self._cast(x), self._p("w_ih"), self._projection_bias())
-
-    RecurrentCell.project_inputs = project_inputs
-    try:
-        yield
-    finally:
-        RecurrentCell.project_inputs = original
-
-
 def make_rnnjax(cell, B, T, E, H, x, mode, variant="rnnjax"):
     Cell = LSTMCell if cell == "lstm" else GRUCell
     model = Recurrent(Cell(E, H, rngs=nnx.Rngs(0)))
@@ -189,8 +170,6 @@ def make_rnnjax(cell, B, T, E, H, x, mode, variant="rnnjax"):
     ctx = None
     if variant == "rnnjax_plain":
         ctx = fused.disabled()
-    elif variant == "rnnjax_project":
-        ctx = projected_with_fused_project()
     return JaxImpl(variant, apply, state, x, mode, trace_ctx=ctx)
 
 
