@@ -84,6 +84,16 @@ def split_spec(spec: str) -> tuple[Path, str | None]:
     return Path(path), (arg if sep else None)
 
 
+def import_file(path: Path, kind: str):
+    """Imports a config or study file by path, as a uniquely named module."""
+    name = f"_rnnjax_{kind}_{path.stem}_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[name] = module
+    module_spec.loader.exec_module(module)
+    return module
+
+
 def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = (),
                 lock: bool = True) -> ml_collections.ConfigDict:
     """Imports ``path[:arg]``, calls ``get_config(arg)``, applies overrides, locks it."""
@@ -91,11 +101,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = (),
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found (from --config {spec!r}); "
                                 f"configs live in configs/*.py")
-    name = f"_rnnjax_config_{path.stem}_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[name] = module
-    module_spec.loader.exec_module(module)
+    module = import_file(path, "config")
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {str(path)!r} defines no get_config(arg=None)")
     config = module.get_config(arg) if arg is not None else module.get_config()

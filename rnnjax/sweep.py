@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import itertools
 import json
 import math
@@ -62,6 +61,8 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+
+from rnnjax.configlib import import_file
 
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
 METRIC_AGGS = ("max", "min", "mean", "last", "first")
@@ -130,11 +131,7 @@ def load_study(spec: str | Path, *, smoke: bool = False) -> Study:
     if not path.is_file():
         raise FileNotFoundError(f"study file {path_s!r} not found; studies live in "
                                 f"experiments/*.py (e.g. experiments/vanishing_gradients.py)")
-    mod_name = f"_rnnjax_study_{path.stem}_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
-    module_spec.loader.exec_module(module)
+    module = import_file(path, "study")
     if not hasattr(module, "get_sweep"):
         raise ValueError(f"study file {path} defines no get_sweep(arg=None)")
     desc = module.get_sweep(arg) if arg is not None else module.get_sweep()
