@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from rnnjax.tasks.base import get_task
 from rnnjax.train.checkpoint import Checkpointer
 from rnnjax.train.metrics import MetricWriter, Progress, plot_curves
-from rnnjax.train.optim import make_optimizer
+from rnnjax.train.optim import make_optimizer, make_schedule
 
 log = logging.getLogger("rnnjax")
 
@@ -196,6 +196,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
 
     # Optimiser.
     clip_tx, opt_tx = make_optimizer(config.optim, total)
+    lr_schedule = make_schedule(config.optim, total)  # for logging only
     state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_tx.init(params),
                  task_state=task.init_task_state(model, tc.batch_size))
     # Copies: a carry may hold one zeros buffer twice (LSTMState(z, z)), and a
@@ -253,7 +254,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
                 if step % tc.log_every == 0 or step == total:
                     now = time.perf_counter()
                     metrics["steps_per_sec"] = steps_since / max(now - t_last, 1e-9)
-                    metrics["lr"] = float(make_lr(config.optim, total)(step - 1))
+                    metrics["lr"] = float(lr_schedule(step - 1))
                     t_last, steps_since = now, 0
                     writer.write(step, "train", metrics)
                 if tc.diagnostics_every and step % tc.diagnostics_every == 0:
@@ -293,12 +294,6 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
         plot_curves(workdir)
     ckpt.close()
     return final
-
-
-def make_lr(cfg, total):
-    from rnnjax.train.optim import make_schedule
-
-    return make_schedule(cfg, total)
 
 
 def _json_default(o):
