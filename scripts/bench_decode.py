@@ -1,24 +1,30 @@
 #!/usr/bin/env python
 """Benchmark jit beam search against a plain Python-loop beam search over the same seq2seq model.
 
-Both decode the same batch of source sequences with the same model, beam size, length
-penalty and stopping rule:
+All decode the same batch of source sequences with the same model, beam size, length
+penalty and stopping rule, and their best hypotheses and scores are compared:
 
 * ``jit``: :func:`rnnjax.decoding.beam_search` over ``Seq2Seq.step``, encoder included, in one
   ``jax.jit`` (a single ``lax.while_loop`` on the device). Its compile time (lower + compile)
   is measured separately.
-* ``python``: the textbook loop. The encoder and the single decoder step are jitted (the step
-  returns log-probabilities); everything else runs in Python per time step: numpy top-k over
-  the ``K*V`` candidates, backpointers, the finished-hypothesis buffer with its normalised
-  scores and the early-stop bound, and a jitted gather that reorders the carry. Same
-  semantics as :func:`rnnjax.decoding.beam_search`, so the outputs are compared too.
+* ``python`` (``speedup``): the textbook loop at its fastest. The encoder and the single
+  decoder step are jitted (the step returns log-probabilities); everything else runs in Python
+  per time step: numpy top-k over the ``K*V`` candidates, backpointers, the
+  finished-hypothesis buffer with its normalised scores and the early-stop bound, and a jitted
+  gather that reorders the carry. Same semantics as :func:`rnnjax.decoding.beam_search`.
+* ``eager`` (``speedup_vs_eager``): the same Python search with ``model.encode`` and
+  ``model.step`` called without ``jax.jit``, every operation dispatched on its own: the loop
+  as first written, before anyone jits the step. Slow, so it is timed ``--eager-repeats``
+  times.
 
-A third timing, the compute floor, runs the encoder and ``max_len`` decoder steps at
-``N = B*K`` in one jitted ``fori_loop`` with no search at all: no decoder can beat it, so
-``python / floor`` bounds the speedup any jit beam search can reach on that model and machine
-(on a 2-core CPU the model step, not the Python loop, dominates at batch 64).
+A fourth timing, the compute floor, is a greedy decode of all ``N = B*K`` rows in one jitted
+``lax.scan``: the encoder, then ``max_len`` decoder steps on data-dependent tokens with full
+logits, no search and no early exit. That is the model work of any beam search that steps
+all ``B*K`` rows, so ``python / floor`` (``max_speedup_over_floor``) bounds what a jit beam
+search can gain over the jitted-step loop on that model and machine. On a 2-core CPU the
+model step, not the Python loop, dominates at batch 64: the bound is 1.6-3x there.
 
-Runs alternate (jit, python, floor, jit, ...) so machine noise hits all alike; the JSON
+Runs alternate (jit, python, floor, eager, jit, ...) so machine noise hits all alike; the JSON
 reports medians, sequences/second and the ratios. Usage::
 
     python scripts/bench_decode.py                          # random addition model, B=64, K=4
@@ -53,6 +59,8 @@ def parse_args(argv=None):
     p.add_argument("--beam-size", type=int, default=4)
     p.add_argument("--max-len", type=int, default=0, help="0 = the task's target length")
     p.add_argument("--repeats", type=int, default=10, help="timed runs of each implementation")
+    p.add_argument("--eager-repeats", type=int, default=3,
+                   help="timed runs of the eager Python loop (slow; 0 skips it)")
     p.add_argument("--malloc", choices=("tuned", "default"), default="tuned")
     p.add_argument("--out", default="bench_results/bench_decode.json")
     return p.parse_args(argv)
@@ -60,8 +68,9 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.batch_size < 1 or args.beam_size < 1 or args.repeats < 1:
-        raise ValueError("--batch-size, --beam-size and --repeats must be >= 1")
+    if args.batch_size < 1 or args.beam_size < 1 or args.repeats < 1 or args.eager_repeats < 0:
+        raise ValueError("--batch-size, --beam-size and --repeats must be >= 1, "
+                         "--eager-repeats >= 0")
     malloc = None
     if args.malloc == "tuned":
         from rnnjax._malloc import tune_malloc  # before jax allocates anything
@@ -114,25 +123,28 @@ def main(argv=None) -> dict:
         return jax.block_until_ready(compiled(state, src, lengths))
 
     # ---------------------------------------------------------------- Python-loop beam search
-    @jax.jit
-    def encode(state, src, lengths):
-        m = nnx.merge(graphdef, state)
+    # The model calls of the Python loop, written once; they run jitted or eagerly.
+    def encode_fn(m, src, lengths):
         carry, context = m.encode(src, lengths)
         tile = lambda x: jnp.repeat(x, K, axis=0)  # noqa: E731
         return jax.tree.map(tile, carry), jax.tree.map(tile, context)
 
-    @jax.jit
-    def step(state, carry, tokens, context):
-        m = nnx.merge(graphdef, state)
+    def step_fn(m, carry, tokens, context):
         carry, logits = m.step(carry, tokens, context)
         return carry, jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
 
-    @jax.jit
-    def reorder(carry, src_idx):
+    def reorder_fn(carry, src_idx):
         return jax.tree.map(lambda x: x[src_idx], carry)
 
-    def run_python():
-        carry, context = encode(state, src, lengths)
+    encode_jit = jax.jit(lambda st, *a: encode_fn(nnx.merge(graphdef, st), *a))
+    step_jit = jax.jit(lambda st, *a: step_fn(nnx.merge(graphdef, st), *a))
+    jitted_calls = (lambda *a: encode_jit(state, *a), lambda *a: step_jit(state, *a),
+                    jax.jit(reorder_fn))
+    eager_calls = (lambda *a: encode_fn(model, *a), lambda *a: step_fn(model, *a), reorder_fn)
+
+    def python_beam_search(calls):
+        encode, step, reorder = calls
+        carry, context = encode(src, lengths)
         neg = -np.inf
         live_logp = np.full((B, K), neg, np.float32)
         live_logp[:, 0] = 0.0  # one live beam at the start, as in beam_search
@@ -157,7 +169,7 @@ def main(argv=None) -> dict:
         for t in range(T):
             if done.all():
                 break
-            carry, logp = step(state, carry, jnp.asarray(last), context)
+            carry, logp = step(carry, jnp.asarray(last), context)
             steps += 1
             logp = np.asarray(logp).reshape(B, K, -1)
             V = logp.shape[-1]
@@ -186,18 +198,29 @@ def main(argv=None) -> dict:
             live_seqs, np.asarray(normalise(live_logp, T), np.float32), live_logp)
         return fin_seqs[:, 0], fin_scores[:, 0], steps
 
+    def run_python():
+        return python_beam_search(jitted_calls)
+
+    def run_eager():
+        return python_beam_search(eager_calls)
+
     # ---------------------------------------------------------------- the compute floor
-    # T decoder steps at N = B*K in one jitted fori_loop, no search: what any decoder pays.
+    # A greedy decode of all N = B*K rows, T steps, no search and no early exit: the model
+    # work (encoder, then T steps on data-dependent tokens, full logits) of any beam search
+    # that runs every step on B*K rows.
     @jax.jit
     def floor(state, src, lengths):
-        carry, context = encode(state, src, lengths)
-        tokens = jnp.full((B * K,), BOS_ID, jnp.int32)
+        m = nnx.merge(graphdef, state)
+        carry, context = encode_fn(m, src, lengths)
 
-        def body(_, c):
-            c, logp = step(state, c, tokens, context)
-            return c
+        def body(c, _):
+            carry, tokens = c
+            carry, logp = step_fn(m, carry, tokens, context)
+            return (carry, jnp.argmax(logp, axis=-1).astype(jnp.int32)), None
 
-        return jax.lax.fori_loop(0, T, body, carry)
+        bos = jnp.full((B * K,), BOS_ID, jnp.int32)
+        (_, tokens), _ = jax.lax.scan(body, (carry, bos), None, length=T)
+        return tokens
 
     def run_floor():
         return jax.block_until_ready(floor(state, src, lengths))
@@ -207,46 +230,63 @@ def main(argv=None) -> dict:
     py_out = run_python()  # compiles encode/step/reorder
     py_first_s = time.perf_counter() - t0
     jit_out = jax.device_get(run_jit())
-    same = np.all(jit_out[0] == py_out[0], axis=1)
-    score_diff = float(np.nanmax(np.abs(np.where(np.isfinite(jit_out[1]),
-                                                 jit_out[1] - py_out[1], 0.0))))
+    outputs = {"python_loop": py_out}
+    if args.eager_repeats:
+        outputs["python_eager"] = run_eager()
+
+    def agreement(other):
+        finite = np.isfinite(jit_out[1])
+        return {"best_hypothesis_equal": float(np.all(jit_out[0] == other[0], axis=1).mean()),
+                "max_abs_score_diff": float(np.max(np.abs(
+                    np.where(finite, jit_out[1] - np.where(finite, other[1], 0.0), 0.0)))),
+                "decode_steps": int(other[2])}
+
     run_floor()
-    times = {"jit": [], "python": [], "floor": []}
-    for _ in range(args.repeats):
-        for name, fn in (("jit", run_jit), ("python", run_python), ("floor", run_floor)):
+    runs = {"jit": run_jit, "python": run_python, "floor": run_floor, "eager": run_eager}
+    times = {name: [] for name in runs}
+    for r in range(args.repeats):
+        for name, fn in runs.items():
+            if name == "eager" and r >= args.eager_repeats:
+                continue
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items() if v}
     result = {
         "model": source,
         "config": {"task": config.task, "data": config.data.name, "cell": config.model.cell,
                    "hidden": config.model.hidden, "attention": config.model.get("attention")},
         "batch_size": B, "beam_size": K, "max_len": T, "length_penalty": lp, "alpha": alpha,
-        "decode_steps": {"jit": int(jit_out[2]), "python": int(py_out[2])},
-        "jit": {"compile_s": compile_s, "median_s": med["jit"],
-                "seqs_per_s": B / med["jit"], "runs_s": times["jit"]},
-        "python_loop": {"first_call_s": py_first_s, "median_s": med["python"],
+        "jit": {"compile_s": compile_s, "median_s": med["jit"], "seqs_per_s": B / med["jit"],
+                "decode_steps": int(jit_out[2]), "runs_s": times["jit"]},
+        "python_loop": {"what": "jitted encoder/step/reorder, numpy search",
+                        "first_call_s": py_first_s, "median_s": med["python"],
                         "seqs_per_s": B / med["python"], "runs_s": times["python"]},
-        "compute_floor": {"median_s": med["floor"], "what": f"encoder + {T} decoder steps at "
-                          f"N={B * K} in one jitted fori_loop, no search"},
+        "compute_floor": {"median_s": med["floor"],
+                          "what": f"greedy decode of N={B * K} rows: encoder + {T} steps, "
+                                  "no search, no early exit"},
         "speedup": med["python"] / med["jit"],
         "max_speedup_over_floor": med["python"] / med["floor"],
-        "agreement": {"best_hypothesis_equal": float(same.mean()),
-                      "max_abs_score_diff": score_diff},
+        "agreement": {name: agreement(out) for name, out in outputs.items()},
         "env": {"device": str(jax.devices()[0]), "jax": jax.__version__,
                 "python": platform.python_version(), "cpus": os.cpu_count(),
                 "malloc": malloc or "default"},
     }
+    if "eager" in med:
+        result["python_eager"] = {"what": "the same search, model.encode/step called eagerly",
+                                  "median_s": med["eager"], "seqs_per_s": B / med["eager"],
+                                  "runs_s": times["eager"]}
+        result["speedup_vs_eager"] = med["eager"] / med["jit"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     brief = {k: result[k] for k in ("model", "batch_size", "beam_size", "max_len", "speedup",
-                                    "max_speedup_over_floor", "agreement", "decode_steps")}
-    brief["compute_floor_s"] = round(med["floor"], 5)
-    brief["jit"] = {k: round(v, 5) for k, v in result["jit"].items() if k != "runs_s"}
-    brief["python_loop"] = {k: round(v, 5) for k, v in result["python_loop"].items()
-                            if k != "runs_s"}
+                                    "speedup_vs_eager", "max_speedup_over_floor", "agreement")
+             if k in result}
+    for name in ("jit", "python_loop", "python_eager", "compute_floor"):
+        if name in result:
+            brief[name] = {k: round(v, 5) for k, v in result[name].items()
+                           if isinstance(v, float)}
     print(json.dumps(brief, indent=2))
     return result
 

@@ -1,0 +1,66 @@
+"""Smoke runs of the benchmark scripts, so a change in the library cannot silently break them.
+
+Nothing here checks a timing (speed is measured by running the scripts, see README "Speed").
+What is checked: each script runs end to end on a tiny shape and writes its JSON, and
+bench_decode's two Python-loop beam searches (numpy bookkeeping, an independent
+implementation of the same search) pick the same hypotheses with the same scores as
+:func:`rnnjax.decoding.beam_search`.
+"""
+
+import importlib.util
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_script(name, *args, tmp_path):
+    out = tmp_path / f"{name}.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / f"{name}.py"), *args, "--malloc", "default",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("variant", [
+    ["--config", "configs/addition.py", "--set", "model.hidden=16"],
+    ["--config", "configs/addition.py:cell=gru,attention=bahdanau", "--set", "model.hidden=16",
+     "--beam-size", "3"],
+])
+def test_bench_decode_loops_agree_with_jit_beam_search(tmp_path, variant):
+    r = run_script("bench_decode", *variant, "--batch-size", "8", "--repeats", "1",
+                   "--eager-repeats", "1", tmp_path=tmp_path)
+    assert set(r["agreement"]) == {"python_loop", "python_eager"}
+    for name, a in r["agreement"].items():
+        assert a["best_hypothesis_equal"] == 1.0, name
+        assert a["max_abs_score_diff"] < 1e-5, name
+        assert a["decode_steps"] == r["jit"]["decode_steps"], name
+    for key in ("speedup", "speedup_vs_eager", "max_speedup_over_floor"):
+        assert math.isfinite(r[key]) and r[key] > 0, key
+    assert r["jit"]["compile_s"] > 0
+
+
+def test_bench_scan_quick(tmp_path):
+    r = run_script("bench_scan", "--quick", tmp_path=tmp_path)
+    assert r["complete"]
+    assert {row["impl"] for row in r["results"]} == set(r["args"]["impls"])
+    assert all(row["fwd_ms"] > 0 and row["bwd_ms"] > 0 for row in r["results"])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="bench_cells compares against torch (pip install torch==2.13.0)")
+def test_bench_cells_quick(tmp_path):
+    r = run_script("bench_cells", "--quick", tmp_path=tmp_path)
+    impls = set(r["args"]["impls"])
+    assert len(r["cases"]) == len(r["args"]["cells"]) * len(r["args"]["modes"])
+    for case in r["cases"]:
+        assert set(case["results"]) == impls
+        assert all(res["tokens_per_s"] > 0 for res in case["results"].values())
