@@ -3,6 +3,7 @@
     rnnjax train [--config configs/x.py[:arg]] [--config.k=v ...] [--workdir runs/x]
     rnnjax eval --workdir runs/x [--checkpoint best|latest]
     rnnjax sample --workdir runs/x [--prime TEXT] [--length N] [--temperature T]
+                  [--top-k K] [--top-p P]
     rnnjax decode --workdir runs/x --strategy greedy|beam|sample [--beam-size K] --input "12+345"
     rnnjax sweep experiments/<study>.py[:arg] [--workers N] [--smoke] [--vmap-seeds]
     rnnjax report experiments/<study>.py[:arg]
@@ -93,6 +94,8 @@ def cmd_sample(argv):
     p.add_argument("--prime", default="", help="text to condition on")
     p.add_argument("--length", type=int, default=200, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most probable tokens")
+    p.add_argument("--top-p", type=float, default=None, help="keep the nucleus of mass p")
     p.add_argument("--num", type=int, default=1, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
@@ -104,7 +107,7 @@ def cmd_sample(argv):
         raise SystemExit(f"error: task {config.task!r} does not generate text; `rnnjax sample` "
                          f"needs a language-model workdir")
     for text in task.sample(model, args.prime, args.length, args.temperature, args.num,
-                            args.seed):
+                            args.seed, top_k=args.top_k, top_p=args.top_p):
         print(text)
         print("-" * 40)
 

@@ -53,6 +53,7 @@ __all__ = [
     "LENGTH_PENALTIES",
     "length_penalty_fn",
     "greedy_decode",
+    "sample_token",
     "sample_decode",
     "beam_search",
 ]
@@ -282,6 +283,71 @@ def greedy_decode(
     )
 
 
+def _check_sampling(temperature: Any, top_k: int | None, top_p: Any) -> None:
+    if isinstance(temperature, (int, float)) and temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
+    if top_k is not None:
+        _check_positive_int("top_k", top_k, 1)
+    if isinstance(top_p, (int, float)) and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (None turns it off), got {top_p}.")
+
+
+def sample_token(
+    key: jax.Array,
+    logits: jax.Array,
+    *,
+    temperature: float | jax.Array = 1.0,
+    top_k: int | None = None,
+    top_p: float | jax.Array | None = None,
+) -> jax.Array:
+    """Draw one token per row of ``logits`` (N, V) with temperature, top-k and top-p filtering.
+
+    In this order (the Hugging Face order):
+      1. divided by ``temperature``;
+      2. ``top_k``: only the k most probable tokens are kept (exactly k, ties broken by id);
+      3. ``top_p``: of what is left, renormalised, the smallest most-probable-first set whose
+         mass reaches ``top_p`` is kept (the top token is always kept).
+    ``temperature == 0`` (it may be a traced scalar) gives the argmax (ties to the lowest id);
+    top-k and top-p cannot change it since they always keep the argmax. ``logits`` may be
+    unnormalised or log-probabilities: the draw is the same.
+
+    Args:
+      key: a PRNG key, used once for all rows.
+      logits: (N, V) float.
+      temperature: >= 0, a float or a traced scalar.
+      top_k: None, or a static int in [1, V].
+      top_p: None, or a float (or traced scalar) in (0, 1].
+
+    Returns:
+      (N,) int32 token ids.
+    """
+    _check_sampling(temperature, top_k, top_p)
+    vocab = logits.shape[-1]
+    if top_k is not None and top_k > vocab:
+        raise ValueError(
+            f"top_k={top_k} exceeds the vocabulary size V={vocab}; pass top_k=None for no "
+            "top-k filtering."
+        )
+    logits = logits.astype(jnp.float32)
+    temperature = jnp.asarray(temperature, jnp.float32)
+    greedy = jnp.argmax(logits, axis=-1)
+    # The where below discards this branch at temperature 0, so any inf it makes is harmless.
+    scaled = logits / jnp.maximum(temperature, jnp.finfo(jnp.float32).tiny)
+    if top_k is None and top_p is None:
+        sampled = jax.random.categorical(key, scaled, axis=-1)
+    else:
+        # Work in the sorted space: the top-k set is its first k columns, and the nucleus is a
+        # prefix of it, so one sort serves both filters and ties cannot let extra tokens in.
+        vals, ids = jax.lax.top_k(scaled, vocab if top_k is None else top_k)
+        if top_p is not None:
+            probs = jax.nn.softmax(vals, axis=-1)
+            mass_before = jnp.cumsum(probs, axis=-1) - probs
+            vals = jnp.where(mass_before < top_p, vals, -jnp.inf)
+        pick = jax.random.categorical(key, vals, axis=-1)
+        sampled = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
 def sample_decode(
     step_fn: StepFn,
     init_carry: Pytree,
@@ -300,15 +366,9 @@ def sample_decode(
 ) -> DecodeOutput:
     """Ancestral sampling with temperature, top-k and top-p (nucleus) filtering.
 
-    Each step the token is drawn from the model's log-probabilities with eos masked before
-    ``min_len``, then, in this order (the Hugging Face order):
-      1. divided by ``temperature``;
-      2. ``top_k``: only the k most probable tokens are kept (exactly k, ties broken by id);
-      3. ``top_p``: of what is left, renormalised, the smallest most-probable-first set whose
-         mass reaches ``top_p`` is kept (the top token is always kept).
-    ``temperature == 0`` (it may be a traced scalar) gives the argmax, so the output equals
-    :func:`greedy_decode` exactly; top-k and top-p cannot change it since they always keep the
-    argmax. Step t draws with ``jax.random.fold_in(rng, t)``.
+    Each step draws the token with :func:`sample_token` from the model's log-probabilities,
+    eos masked before ``min_len``. ``temperature == 0`` gives the argmax, so the output equals
+    :func:`greedy_decode` exactly. Step t draws with ``jax.random.fold_in(rng, t)``.
 
     The reported ``logprobs`` are under the model's own, untempered and unfiltered distribution
     ``log_softmax(logits)``: that is the number that scores a sample against the model (for
@@ -325,38 +385,11 @@ def sample_decode(
     Returns:
       DecodeOutput with tokens (B, T), lengths (B,), logprobs (B,), num_steps ().
     """
-    if isinstance(temperature, (int, float)) and temperature < 0:
-        raise ValueError(f"temperature must be >= 0 (0 means greedy), got {temperature}.")
-    if top_k is not None:
-        _check_positive_int("top_k", top_k, 1)
-    if isinstance(top_p, (int, float)) and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (None turns it off), got {top_p}.")
-    temperature = jnp.asarray(temperature, jnp.float32)
+    _check_sampling(temperature, top_k, top_p)
 
     def choose(masked_logp: jax.Array, t: jax.Array) -> jax.Array:
-        vocab = masked_logp.shape[-1]
-        if top_k is not None and top_k > vocab:
-            raise ValueError(
-                f"top_k={top_k} exceeds the vocabulary size V={vocab}; pass top_k=None for no "
-                "top-k filtering."
-            )
-        greedy = jnp.argmax(masked_logp, axis=-1)
-        # The where below discards this branch at temperature 0, so any inf it makes is harmless.
-        scaled = masked_logp / jnp.maximum(temperature, jnp.finfo(jnp.float32).tiny)
-        key = jax.random.fold_in(rng, t)
-        if top_k is None and top_p is None:
-            sampled = jax.random.categorical(key, scaled, axis=-1)
-        else:
-            # Work in the sorted space: the top-k set is its first k columns, and the nucleus is
-            # a prefix of it, so one sort serves both filters and ties cannot let extra tokens in.
-            vals, ids = jax.lax.top_k(scaled, vocab if top_k is None else top_k)
-            if top_p is not None:
-                probs = jax.nn.softmax(vals, axis=-1)
-                mass_before = jnp.cumsum(probs, axis=-1) - probs
-                vals = jnp.where(mass_before < top_p, vals, -jnp.inf)
-            pick = jax.random.categorical(key, vals, axis=-1)
-            sampled = jnp.take_along_axis(ids, pick[:, None], axis=-1)[:, 0]
-        return jnp.where(temperature > 0, sampled, greedy)
+        return sample_token(jax.random.fold_in(rng, t), masked_logp, temperature=temperature,
+                            top_k=top_k, top_p=top_p)
 
     return _sequential_decode(
         step_fn, init_carry, context, choose, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,

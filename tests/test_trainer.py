@@ -502,6 +502,48 @@ def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
     assert (lm_workdir / "samples.txt").read_text().strip()
 
 
+@pytest.mark.parametrize("top_k,top_p", [(3, None), (None, 0.5), (4, 0.6)])
+def test_sample_top_k_top_p_stay_in_the_filtered_set(lm_workdir, top_k, top_p):
+    """Every sampled token is among the k most probable / inside the nucleus, at every step,
+    judged by re-running the model over the generated text (the sequence form, one call)."""
+    from rnnjax.train.trainer import load_for_inference
+
+    _, task, model, _ = load_for_inference(lm_workdir, "latest")
+    prime = task.vocab.encode(task.tokenizer("Shall I"))
+    chosen = task.generate(model, prime, 40, temperature=1.5, num=4, seed=5, top_k=top_k,
+                           top_p=top_p)
+    full = np.concatenate([np.broadcast_to(prime, (4, len(prime))), chosen], axis=1)
+    _, logits = model(jnp.asarray(full[:, :-1]))
+    logp = np.asarray(jax.nn.log_softmax(logits[:, len(prime) - 1:] / 1.5, axis=-1),
+                      np.float64)
+    order = np.argsort(-logp, axis=-1, kind="stable")
+    rank = np.argmax(order == chosen[..., None], axis=-1)  # 0 = most probable
+    if top_k is not None:
+        assert rank.max() < top_k
+    if top_p is not None:
+        probs = np.exp(logp)
+        if top_k is not None:  # the nucleus is taken after top-k, renormalised
+            probs = np.where(np.argsort(order, axis=-1) < top_k, probs, 0.0)
+            probs /= probs.sum(-1, keepdims=True)
+        sorted_p = np.take_along_axis(probs, order, -1)
+        mass_before = np.take_along_axis(np.cumsum(sorted_p, -1) - sorted_p, rank[..., None],
+                                         -1)[..., 0]
+        assert mass_before.max() < top_p + 1e-5
+    assert len({row.tobytes() for row in chosen}) > 1  # still random
+
+
+def test_sample_top_k_1_is_greedy_and_bad_filters_are_refused(lm_workdir, capsys):
+    greedy = _sample(capsys, lm_workdir, "--prime", "So", "--length", "15", "--temperature",
+                     "0")
+    top1 = _sample(capsys, lm_workdir, "--prime", "So", "--length", "15", "--temperature",
+                   "2", "--top-k", "1", "--seed", "4")
+    assert top1 == greedy
+    for flags, msg in ((["--top-k", "0"], "--top-k must be in"),
+                       (["--top-p", "1.5"], "--top-p must be in")):
+        assert cli.main(["sample", "--workdir", str(lm_workdir), *flags]) != 0
+        assert msg in capsys.readouterr().err
+
+
 def test_sample_refuses_a_non_lm_workdir(finished_adding):
     workdir, _ = finished_adding
     with pytest.raises(SystemExit, match="language-model"):

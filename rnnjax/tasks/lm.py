@@ -14,7 +14,7 @@ window T), ``val_fraction`` (the last part of the file), ``stateful``.
 
 Evaluation runs over non-overlapping windows of the validation text, each from
 a zero carry. Metrics: nats/token, bits/token (bits/char at char level) and
-perplexity. ``rnnjax sample`` generates text with a temperature.
+perplexity. ``rnnjax sample`` generates text with a temperature, top-k and top-p.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from rnnjax.data import batching, text
+from rnnjax.decoding import sample_token
 from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import SyntheticIterator, Task, resolve_path
 
@@ -158,21 +159,46 @@ class LMTask(Task):
 
     # generation ---------------------------------------------------------------
     def sample(self, model, prime: str, length: int, temperature: float = 1.0,
-               num: int = 1, seed: int = 0) -> list[str]:
-        """Generates ``num`` continuations of ``prime`` of ``length`` tokens.
+               num: int = 1, seed: int = 0, top_k: int | None = None,
+               top_p: float | None = None) -> list[str]:
+        """Generates ``num`` continuations of ``prime`` of ``length`` tokens, as text.
 
-        ``temperature = 0`` is greedy. Unknown prime tokens map to ``<unk>``.
+        Unknown prime tokens map to ``<unk>``; an empty prime starts from ``<bos>`` (or id 0).
+        The sampling arguments are those of :meth:`generate`.
+        """
+        prime_ids = self.vocab.encode(self.tokenizer(prime)) if prime else \
+            np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
+        out = self.generate(model, prime_ids, length, temperature=temperature, num=num,
+                            seed=seed, top_k=top_k, top_p=top_p)
+        return [prime + self.tokenizer.detokenize(self.vocab.decode(row)) for row in out]
+
+    def generate(self, model, prime_ids, length: int, *, temperature: float = 1.0,
+                 num: int = 1, seed: int = 0, top_k: int | None = None,
+                 top_p: float | None = None) -> np.ndarray:
+        """``num`` continuations of the token ids ``prime_ids`` (P,): (num, length) int32.
+
+        One jitted ``lax.scan``: the prime runs through the sequence form, then each token is
+        drawn by :func:`rnnjax.decoding.sample_token` and fed to the step form.
+        ``temperature = 0`` is greedy; ``top_k`` / ``top_p`` (None = off) keep the k most
+        probable tokens / the nucleus of mass p.
         """
         if length < 1:
             raise ValueError(f"--length must be >= 1, got {length}")
         if temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {temperature}")
-        prime_ids = self.vocab.encode(self.tokenizer(prime)) if prime else \
-            np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
+        if top_k is not None and not 1 <= top_k <= len(self.vocab):
+            raise ValueError(f"--top-k must be in [1, {len(self.vocab)}] (the vocabulary size), "
+                             f"got {top_k}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
+        prime_ids = np.asarray(prime_ids, np.int32)
+        if prime_ids.ndim != 1 or prime_ids.size == 0:
+            raise ValueError(f"prime_ids must be a non-empty (P,) array, got shape "
+                             f"{prime_ids.shape}")
         graphdef, state = nnx.split(model)
 
         @jax.jit
-        def generate(state, prime_ids, key):
+        def run(state, prime_ids, key):
             m = nnx.merge(graphdef, state)
             tokens = jnp.broadcast_to(prime_ids, (num, prime_ids.shape[0]))
             carry, logits = m(tokens)
@@ -180,18 +206,14 @@ class LMTask(Task):
 
             def body(c, k):
                 carry, logits = c
-                if temperature == 0:
-                    tok = jnp.argmax(logits, -1)
-                else:
-                    tok = jax.random.categorical(k, logits / temperature)
+                tok = sample_token(k, logits, temperature=temperature, top_k=top_k, top_p=top_p)
                 carry, logits = m.step(carry, tok)
                 return (carry, logits), tok
 
             _, toks = jax.lax.scan(body, (carry, last), jax.random.split(key, length))
             return toks.T
 
-        out = np.asarray(generate(state, jnp.asarray(prime_ids), jax.random.PRNGKey(seed)))
-        return [prime + self.tokenizer.detokenize(self.vocab.decode(row)) for row in out]
+        return np.asarray(run(state, jnp.asarray(prime_ids), jax.random.PRNGKey(seed)))
 
     def final_report(self, model, workdir):
         samples = self.sample(model, "", 200, temperature=0.8, num=1)
