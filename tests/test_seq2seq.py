@@ -403,3 +403,26 @@ def test_decode_cli(trained, capsys, tmp_path):
 
     assert main(["decode", "--workdir", workdir, "--input", "12-3"]) == 2
     assert "outside" in capsys.readouterr().err
+
+
+def test_decode_warns_about_inputs_longer_than_training(trained, caplog):
+    from rnnjax.train.trainer import load_for_inference
+
+    _, task, model, _ = load_for_inference(trained["addition"][0], "latest")
+    digits = task.config.data.max_digits
+    ok, long = "1" * digits + "+2", "1" * (digits + 1) + "+2"
+    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
+        task.decode(model, [ok])
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
+        out = task.decode(model, [ok, long])
+    assert len(out) == 2  # still decoded: length generalisation is a legitimate probe
+    assert len(caplog.records) == 1
+    msg = caplog.records[0].getMessage()
+    assert "1 of 2 inputs" in msg and f"at most {digits} digits" in msg and repr(long) in msg
+
+    _, task, model, _ = load_for_inference(trained["reverse"][0], "latest")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
+        task.decode(model, ["a" * task.config.data.max_len, "a" * (task.config.data.max_len + 1)])
+    assert len(caplog.records) == 1 and "symbols" in caplog.records[0].getMessage()

@@ -56,6 +56,7 @@ Tasks must never import the trainer or the CLI.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ from rnnjax.data.text import BOS_ID, EOS_ID, PAD_ID, SPECIALS
 from rnnjax.models.lm import token_cross_entropy
 from rnnjax.models.seq2seq import Seq2Seq
 from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches
+
+log = logging.getLogger(__name__)
 
 SOURCES = ("addition", "reverse", "copy")
 MODES = ("teacher_forcing", "free_running", "scheduled_sampling")
@@ -251,6 +254,20 @@ class Seq2SeqTask(Task):
         ids = np.asarray([self._index[ch] for ch in text], np.int32)
         return ids[::-1].copy() if self.reverse_source else ids
 
+    def training_lengths(self) -> str:
+        """The input lengths the training stream covers, in words."""
+        d = self.config.data
+        if self.source == "addition":
+            return f"operands of at most {d.max_digits} digits"
+        return f"{d.min_len} to {d.max_len} symbols"
+
+    def beyond_training(self, text: str) -> bool:
+        """True if a (valid) input string is longer than anything the training stream draws."""
+        d = self.config.data
+        if self.source == "addition":
+            return max(len(x) for x in text.split("+")) > d.max_digits
+        return len(text) > d.max_len
+
     def decode_target(self, ids) -> str:
         """Target ids -> text: stops at ``<eos>``, skips ``<pad>``/``<bos>``, and undoes
         ``data.reverse_target`` so an addition output reads as the sum."""
@@ -358,6 +375,11 @@ class Seq2SeqTask(Task):
         if strategy != "beam" and n_best != 1:
             raise ValueError(f"n_best={n_best} needs --strategy beam")
         ids = [self.encode_source(t) for t in texts]
+        longer = [t.strip() for t in texts if self.beyond_training(t.strip())]
+        if longer:
+            log.warning("%d of %d inputs are longer than any training example (%s), e.g. %r: "
+                        "their outputs test length generalisation, not what was learned.",
+                        len(longer), len(texts), self.training_lengths(), longer[0])
         S = max(len(x) for x in ids)
         src = np.full((len(ids), S), PAD_ID, np.int32)
         for i, x in enumerate(ids):
