@@ -123,12 +123,17 @@ def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
     return keys
 
 
+#: Config dicts whose name ends with this hold keyword arguments (``model.cell_kwargs``):
+#: overrides may add keys to them, which the locked config refuses everywhere else.
+OPEN_SUFFIX = "_kwargs"
+
+
 def apply_overrides(config: ml_collections.ConfigDict,
                     overrides: Mapping[str, Any] | Iterable[str]) -> ml_collections.ConfigDict:
     """Sets dotted keys in place. Strings are parsed as Python literals when possible.
 
     Raises ValueError for an unknown key (with close matches) or a value whose type
-    does not fit the existing field.
+    does not fit the existing field. Inside a ``*_kwargs`` dict any key may be added.
     """
     if not isinstance(overrides, Mapping):
         pairs = {}
@@ -146,7 +151,15 @@ def apply_overrides(config: ml_collections.ConfigDict,
         try:
             for p in parents:
                 node = node[p]
-            if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            if not isinstance(node, ml_collections.ConfigDict):
+                raise KeyError(key)
+            if leaf not in node:
+                if parents and parents[-1].endswith(OPEN_SUFFIX):
+                    # Keyword arguments for a constructor (model.cell_kwargs): any key may
+                    # be added; the constructor names the ones it does not take.
+                    with node.unlocked():
+                        node[leaf] = value
+                    continue
                 raise KeyError(key)
         except (KeyError, TypeError):
             close = difflib.get_close_matches(key, known, n=3, cutoff=0.5)

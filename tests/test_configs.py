@@ -166,3 +166,26 @@ def test_variant_changes_config():
 def test_missing_config_file():
     with pytest.raises(FileNotFoundError, match="nope.py"):
         load_config("configs/nope.py:smoke")
+
+
+def test_cell_kwargs_take_new_keys_and_reach_the_cell():
+    from rnnjax.train.trainer import build
+
+    cfg = config("adding.py:smoke,cell=lru", "model.cell_kwargs.r_min=0.5",
+                 "model.cell_kwargs.r_max=0.6", "model.cell_kwargs.scan_mode=sequential")
+    assert dict(cfg.model.cell_kwargs) == {"r_min": 0.5, "r_max": 0.6, "scan_mode": "sequential"}
+    _, model = build(cfg)
+    cell = model.encoder.layers[0].cell
+    assert (cell.r_min, cell.r_max, cell.scan_mode.value) == (0.5, 0.6, "sequential")
+    # Only *_kwargs dicts are open: other sections stay locked.
+    with pytest.raises(ValueError, match="unknown config key 'model.r_min'"):
+        config("adding.py:smoke", "model.r_min=0.5")
+
+
+def test_a_cell_option_the_cell_does_not_take_is_named():
+    from rnnjax.train.trainer import build
+
+    cfg = config("adding.py:smoke,cell=gru", "model.cell_kwargs.forget_bias=0.5")
+    with pytest.raises(ValueError, match=r"cell 'gru' takes no option \['forget_bias'\].*"
+                                         r"reset_before"):
+        build(cfg)

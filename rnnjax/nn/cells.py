@@ -25,6 +25,7 @@ never import layers, data or training code.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, ClassVar
 
 import jax
@@ -337,4 +338,23 @@ def make_cell(name: str, in_features: int, hidden_features: int, *, rngs: nnx.Rn
     if name not in CELLS:
         raise ValueError(f"unknown cell {name!r}; known cells: {sorted(CELLS)}")
     cls, fixed = CELLS[name]
+    unknown = sorted(set(kwargs) - cell_options(cls))
+    if unknown:
+        raise ValueError(f"cell {name!r} takes no option {unknown} (model.cell_kwargs); its "
+                         f"options: {sorted(cell_options(cls) - set(fixed))}")
     return cls(in_features, hidden_features, rngs=rngs, **{**fixed, **kwargs})
+
+
+def cell_options(cls: type[RecurrentCell]) -> set[str]:
+    """The keyword options a cell class accepts (its own and, through ``**kwargs``, its
+    bases'), without ``in_features``, ``hidden_features`` and ``rngs``."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind is p.KEYWORD_ONLY}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"rngs"}

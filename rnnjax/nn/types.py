@@ -38,3 +38,12 @@ class LSTMState(NamedTuple):
 
     h: Array
     c: Array
+
+
+class LRUState(NamedTuple):
+    """The LRU carry (:mod:`rnnjax.nn.lru`): the last output ``h`` and the complex state
+    ``re + i im``; all ``(B, H)``."""
+
+    h: Array
+    re: Array
+    im: Array
