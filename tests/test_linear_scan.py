@@ -48,6 +48,38 @@ def random_inputs(seed, T, B, H, dtype=np.float32):
 
 # -- values against the float64 loop ------------------------------------------
 
+def ref_scan_complex(a, b, h0, mask, reverse):
+    """The same loop in complex128."""
+    a, b, h = np.complex128(a), np.complex128(b), np.array(h0, np.complex128)
+    hs = np.zeros_like(b)
+    for t in (range(a.shape[0] - 1, -1, -1) if reverse else range(a.shape[0])):
+        for r in range(a.shape[1]):
+            if mask[t, r]:
+                h[r] = a[t, r] * h[r] + b[t, r]
+                hs[t, r] = h[r]
+    return h, hs
+
+
+@pytest.mark.parametrize("mode", REAL_MODES, ids=lambda m: m.value)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_complex_coefficients_match_complex128_loop(mode, reverse):
+    """The LRU's recurrence: complex a (|a| < 1, any phase), complex b and h0."""
+    T, B, H = 11, 3, 4
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0.2, 0.99, (T, B, H)) * np.exp(1j * rng.uniform(0, 2 * np.pi, (T, B, H)))
+    b = rng.normal(size=(T, B, H)) + 1j * rng.normal(size=(T, B, H))
+    h0 = rng.normal(size=(B, H)) + 1j * rng.normal(size=(B, H))
+    mask = right_padded([11, 5, 1], T)
+    h, hs = linear_scan(jnp.asarray(a, jnp.complex64), jnp.asarray(b, jnp.complex64),
+                        jnp.asarray(h0, jnp.complex64), jnp.asarray(mask), reverse=reverse,
+                        mode=mode)
+    assert h.dtype == hs.dtype == jnp.complex64
+    want_h, want_hs = ref_scan_complex(a, b, h0, mask, reverse)
+    np.testing.assert_allclose(np.asarray(hs), want_hs, atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(np.asarray(h), want_h, atol=2e-5, rtol=2e-5)
+
+
+
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("masked", [False, True])
 def test_every_mode_matches_float64_numpy_loop(reverse, masked):

@@ -20,8 +20,9 @@ LOG_SPACE       Heinsen (2023): ``a* = cumsum(log a)``,
 
 Two entry points, with the inputs each mode takes:
 
-* :func:`linear_scan` ``(a, b, h0)`` in real space, any sign: SEQUENTIAL and
-  ASSOCIATIVE. LOG_SPACE raises (real ``a``/``b`` may be negative).
+* :func:`linear_scan` ``(a, b, h0)`` in real space, any sign, or complex (the LRU's
+  diagonal recurrence, :mod:`rnnjax.nn.lru`): SEQUENTIAL and ASSOCIATIVE. LOG_SPACE
+  raises (real ``a``/``b`` may be negative).
 * :func:`log_linear_scan` ``(log_a, log_b, h0)``: the same recurrence with
   ``a = exp(log_a)``, ``b = exp(log_b)``; all three modes, which compute the same
   thing. SEQUENTIAL and ASSOCIATIVE exponentiate first and run the real-space
@@ -32,8 +33,8 @@ Two entry points, with the inputs each mode takes:
   state (the default carry) costs no ``log 0`` and gets finite gradients, and
   ``h0`` may even be negative.
 
-Every function accumulates in float32 (float64 stays float64) whatever the input
-dtype and casts the results back. Variable lengths use the masking convention
+Every function accumulates in float32 (float64 and complex stay as they are) whatever
+the input dtype and casts the results back. Variable lengths use the masking convention
 of :func:`rnnjax.nn.scan.masked_scan` (PyTorch packed sequences): where
 ``mask[t, b]`` is False, ``h`` carries over unchanged (the step becomes
 ``a = 1, b = 0``) and the output is zero. With right padding a reverse scan
@@ -154,7 +155,7 @@ def linear_scan(
     mode: ScanMode | str = ScanMode.ASSOCIATIVE,
     unroll: int = 1,
 ) -> tuple[Array, Array]:
-    """Solves ``h_t = a_t * h_{t-1} + b_t`` (elementwise) for real ``a``, ``b``.
+    """Solves ``h_t = a_t * h_{t-1} + b_t`` (elementwise) for real or complex ``a``, ``b``.
 
     Args:
       a: ``(T, B, H)`` time-major multiplicative coefficients, any sign.
