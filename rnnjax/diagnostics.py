@@ -3,7 +3,8 @@
 Three measurements on one batch:
 
 * **gradient through time**: ``‖∂L/∂h_t‖`` for every recurrent layer and every
-  step ``t``. Each cell's time loop is rerun as ``h_t = step(h_{t-1}, x_t) + ε_t``
+  step ``t`` (for the LRU, ``h_t`` is its complex state ``s_t``, real and imaginary
+  parts, whose perturbation also reaches the output ``y_t`` read from it). Each cell's time loop is rerun as ``h_t = step(h_{t-1}, x_t) + ε_t``
   with ``ε = 0`` and the loss is differentiated with respect to ``ε`` (that
   derivative *is* ``∂L/∂h_t``, through every later step and every output that
   reads ``h_t``). A vanishing gradient shows as a norm that falls geometrically
@@ -12,7 +13,8 @@ Three measurements on one batch:
   per gate: sigmoid gates below 0.05 or above 0.95, tanh activations (LSTM
   ``g``, GRU ``n``, a tanh Elman ``h``) beyond ±0.95. Padded steps are left out;
 * **spectral radius** of the recurrent weight, per gate block ``(H, H)`` of
-  ``w_hh`` (an Elman cell has one block, ``h``; min cells have none).
+  ``w_hh`` (an Elman cell has one block, ``h``; min cells have none); for the LRU,
+  whose recurrent matrix is ``diag(λ)``, ``max |λ|`` (key ``lambda``).
 
 Every cell run through ``scan_projected`` (every :class:`rnnjax.nn.Recurrent`
 layer) is covered; a cell called step by step by a decoder is not. The hook
@@ -41,9 +43,10 @@ import numpy as np
 from flax import nnx
 
 from rnnjax.nn.cells import ElmanCell, GRUCell, LSTMCell, RecurrentCell
+from rnnjax.nn.lru import LRUCell
 from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell
 from rnnjax.nn.scan import masked_scan
-from rnnjax.nn.types import Array, LSTMState
+from rnnjax.nn.types import Array, LRUState, LSTMState
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
 TANH_LIMIT = 0.95
@@ -135,10 +138,22 @@ def _carry_h(carry):
                      f"{type(carry).__name__}; add it to rnnjax.diagnostics._carry_h")
 
 
-def _add_h(carry, e):
+def _state_width(cell: RecurrentCell) -> int:
+    """Width of the state the hook perturbs: ``h`` (H), or the LRU's ``[Re s, Im s]`` (2H)."""
+    return 2 * cell.hidden_features if isinstance(cell, LRUCell) else cell.hidden_features
+
+
+def _perturb(cell: RecurrentCell, carry, y: Array, e: Array, xp: Array):
+    """``(carry, y)`` of one step with ``e`` added to the state that flows to the next step
+    and to this step's output."""
+    if isinstance(cell, LRUCell):
+        H = cell.hidden_features
+        re, im = carry.re + e[:, :H], carry.im + e[:, H:]
+        y = cell.readout(re, im, xp)
+        return LRUState(y.astype(carry.h.dtype), re, im), y
     if isinstance(carry, LSTMState):
-        return carry._replace(h=carry.h + e)
-    return carry + e
+        return carry._replace(h=carry.h + e), y + e
+    return carry + e, y + e
 
 
 # ---------------------------------------------------------------------------
@@ -164,7 +179,7 @@ def _instrumented(model: nnx.Module, hook: dict) -> Iterator[None]:
             calls[name] = calls.get(name, 0) + 1
             key = name if calls[name] == 1 else f"{name}#{calls[name]}"
             T, B = xp.shape[:2]
-            H = cell.hidden_features
+            H = _state_width(cell)
             e = (hook.get("eps") or {}).get(key)
             if e is None:
                 e = jnp.zeros((T, B, H), xp.dtype)
@@ -172,8 +187,8 @@ def _instrumented(model: nnx.Module, hook: dict) -> Iterator[None]:
             def step(c, inp):
                 xp_t, e_t = inp
                 gates = gate_fn(cell, _carry_h(c), xp_t) if gate_fn else {}
-                new_c, y = cell.step_projected(c, xp_t)
-                return _add_h(new_c, e_t), (y + e_t, {k: a for k, (_, a) in gates.items()})
+                new_c, y = _perturb(cell, *cell.step_projected(c, xp_t), e_t, xp_t)
+                return new_c, (y, {k: a for k, (_, a) in gates.items()})
 
             final, (ys, gates) = masked_scan(step, carry, (xp, e), mask, reverse=reverse,
                                              unroll=unroll)
@@ -267,9 +282,13 @@ def gate_saturation(record: dict[str, dict]) -> dict[str, dict[str, dict[str, fl
 
 
 def spectral_radii(model: nnx.Module) -> dict[str, dict[str, float]]:
-    """``{cell: {gate: max |eig(W_hh block)|}}`` for cells with a recurrent weight."""
+    """``{cell: {gate: max |eig(W_hh block)|}}`` for cells with a recurrent weight, and
+    ``{cell: {"lambda": max |λ|}}`` for the LRU (its recurrent matrix is ``diag(λ)``)."""
     out = {}
     for name, cell in recurrent_cells(model):
+        if isinstance(cell, LRUCell):
+            out[name] = {"lambda": float(np.max(np.abs(np.asarray(cell.eigenvalues()))))}
+            continue
         if not hasattr(cell, "w_hh"):
             continue
         w = np.asarray(cell.w_hh[...], np.float64)  # (H, G*H)

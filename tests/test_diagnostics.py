@@ -241,3 +241,34 @@ def test_summary_counts_underflowed_steps_and_measures_decay_after_them():
     assert s["zero_steps"] == 2
     assert s["per_step_factor"] == pytest.approx(0.01)
     assert s["first"] == 0.0 and s["first_over_last"] == 0.0
+
+
+def test_lru_state_gradient_has_the_closed_form_and_radius_is_max_abs_lambda():
+    """A linear LRU (activation 'none') with L = Σ_t r_t · y_t: s_k = λ^(k-t) s_t + ..., so
+    ∂L/∂Re s_t = Σ_{k>=t} Re(u_k λ^(k-t)) and ∂L/∂Im s_t = -Σ_{k>=t} Im(u_k λ^(k-t)) with
+    u_k = r_k C (per state component), over each row's valid steps."""
+    rng = np.random.default_rng(4)
+    B, T, E, H = 3, 9, 2, 4
+    model = make_rnn("lru", E, H, rngs=nnx.Rngs(1), activation="none", r_min=0.5, r_max=0.95)
+    cell = model.layers[0].cell
+    x = rng.normal(size=(B, T, E)).astype(np.float32)
+    r = rng.normal(size=(B, T, H)).astype(np.float32)
+    lengths = np.array([9, 5, 1])
+
+    def loss_fn(m):
+        return jnp.sum(m(jnp.asarray(x), seq_lengths=jnp.asarray(lengths)) * r)
+
+    _, grads, record = hidden_grads(model, loss_fn)
+    g = np.asarray(grads["0"], np.float64)  # (T, B, 2H)
+    assert record["0"]["shape"] == (T, B, 2 * H) and record["0"]["cell"] == "LRUCell"
+    lam = np.asarray(cell.eigenvalues(), np.complex128)
+    w_out = np.asarray(cell.w_out[...], np.float64)
+    C = w_out[:H].T - 1j * w_out[H:].T  # (H_out, N)
+    want = np.zeros_like(g)
+    for b in range(B):
+        for t in range(lengths[b]):
+            acc = sum((r[b, k].astype(np.float64) @ C) * lam ** (k - t)
+                      for k in range(t, lengths[b]))
+            want[t, b] = np.concatenate([acc.real, -acc.imag])
+    np.testing.assert_allclose(g, want, rtol=1e-4, atol=1e-6)
+    assert spectral_radii(model)["0"] == pytest.approx({"lambda": float(np.abs(lam).max())})

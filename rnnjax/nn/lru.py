@@ -177,6 +177,13 @@ class LRUCell(RecurrentCell):
         bx = (gamma * xp[..., :H] + 1j * (gamma * xp[..., H : 2 * H])).astype(cdtype)
         return self.eigenvalues().astype(cdtype), bx, xp[..., 2 * H :]
 
+    def readout(self, re: Array, im: Array, xp: Array) -> Array:
+        """The output ``y`` for a state ``re + i im`` and projected inputs ``xp`` ``(..., 3H)``:
+        what :meth:`step_projected` returns as ``y`` (used to perturb the state in
+        :mod:`rnnjax.diagnostics`)."""
+        dx = xp[..., 2 * self.hidden_features :].astype(re.dtype)
+        return self._readout(re, im, dx).astype(xp.dtype)
+
     def _readout(self, re: Array, im: Array, dx: Array) -> Array:
         """``y = act(Re(C s) + D x)``."""
         w_out = self.w_out[...].astype(re.dtype)
