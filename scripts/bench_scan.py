@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Benchmark the parallel scans: minGRU (associative, log-space, sequential) vs the GRU.
+"""Benchmark the parallel scans: minGRU (associative, log-space, sequential) and the LRU
+(associative, sequential) vs the GRU.
 
 What it measures, for each sequence length T, in ONE process with the
 implementations run alternately (A, B, C, D, A, B, ...) so that machine noise
@@ -19,6 +20,8 @@ call synchronised with ``block_until_ready``. Implementations (all
 ``min_gru_log``     ``MinGRUCell(log_space=True, scan_mode='log_space')`` (Heinsen)
 ``min_gru_seq``     ``MinGRUCell(log_space=True, scan_mode='sequential')``
 ``gru_seq``         ``GRUCell`` (classic GRU, ``lax.scan`` or its fused CPU loop)
+``lru_assoc``       ``LRUCell(scan_mode='associative')`` (complex diagonal scan)
+``lru_seq``         ``LRUCell(scan_mode='sequential')``
 ==================  ============================================================
 
 The code is device-agnostic: the same command runs on CPU or GPU, and prints and
@@ -46,7 +49,7 @@ import statistics
 import sys
 import time
 
-IMPLS = ("min_gru_assoc", "min_gru_log", "min_gru_seq", "gru_seq")
+IMPLS = ("min_gru_assoc", "min_gru_log", "min_gru_seq", "gru_seq", "lru_assoc", "lru_seq")
 DEFAULT_T = (64, 128, 256, 512, 1024, 2048, 4096)
 
 
@@ -99,7 +102,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from rnnjax.nn import GRUCell, MinGRUCell, Recurrent, ScanMode  # noqa: E402
+from rnnjax.nn import GRUCell, LRUCell, MinGRUCell, Recurrent, ScanMode  # noqa: E402
 
 
 def log(*a):
@@ -110,6 +113,9 @@ def build_layer(impl: str, dtype) -> Recurrent:
     rngs = nnx.Rngs(0)
     if impl == "gru_seq":
         cell = GRUCell(ARGS.E, ARGS.H, dtype=dtype, rngs=rngs)
+    elif impl.startswith("lru_"):
+        mode = {"lru_assoc": ScanMode.ASSOCIATIVE, "lru_seq": ScanMode.SEQUENTIAL}[impl]
+        cell = LRUCell(ARGS.E, ARGS.H, scan_mode=mode, dtype=dtype, rngs=rngs)
     else:
         mode = {"min_gru_assoc": ScanMode.ASSOCIATIVE, "min_gru_log": ScanMode.LOG_SPACE,
                 "min_gru_seq": ScanMode.SEQUENTIAL}[impl]

@@ -36,11 +36,9 @@ def paper_params(cell):
     return lam, gamma, Bm, Cm, Dm
 
 
-_erf = np.vectorize(math.erf)
-
-
 def np_gelu(v):
-    return 0.5 * v * (1.0 + _erf(v / math.sqrt(2.0)))
+    """GELU, tanh form (Hendrycks & Gimpel 2016, eq. 2), as jax.nn.gelu's default."""
+    return 0.5 * v * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (v + 0.044715 * v**3)))
 
 
 def ref_lru(cell, x, carry, lengths, reverse):

@@ -24,8 +24,8 @@ The output nonlinearity. The paper's LRU is linear from input to output; each la
 of its network follows it with a position-wise MLP or GLU, inside a residual block.
 Without a nonlinearity a stack of LRU cells would be one linear map of the input
 history (it could not, for example, multiply two input channels, which the adding
-problem needs). ``activation='gelu'`` (the default, exact erf form) puts the paper's
-GELU on the cell's output, so that stacked cells work like the other cells;
+problem needs). ``activation='gelu'`` (the default; the tanh form, as ``jax.nn.gelu``)
+puts the paper's GELU on the cell's output, so that stacked cells work like the other cells;
 ``activation='none'`` gives the bare LRU for use inside a block of your own.
 
 Differences from the paper, both made so that the cell composes with the rest of
@@ -101,7 +101,9 @@ class LRUCell(RecurrentCell):
     """
 
     num_gates = 3
-    activations = {"gelu": lambda y: jax.nn.gelu(y, approximate=False), "none": lambda y: y}
+    # The tanh form of GELU, as jax.nn.gelu/flax's default (the paper's code is in JAX); the
+    # erf form costs ~40% of a training step on XLA:CPU.
+    activations = {"gelu": lambda y: jax.nn.gelu(y, approximate=True), "none": lambda y: y}
 
     def __init__(
         self,
