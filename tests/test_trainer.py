@@ -477,6 +477,7 @@ def _sample(capsys, workdir, *args):
 
 
 def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
+    from rnnjax.tasks.lm import NEVER_SAMPLED
     from rnnjax.train.trainer import load_for_inference
 
     prime, n = "Shall I", 12
@@ -489,11 +490,13 @@ def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
     _, task, model, _ = load_for_inference(lm_workdir, "latest")
     ids = jnp.asarray(task.vocab.encode(task.tokenizer(prime)))[None]
     carry, logits = model(ids)
-    tok, out = jnp.argmax(logits[:, -1], -1), []
+    allowed = np.ones(len(task.vocab), bool)
+    allowed[list(NEVER_SAMPLED)] = False  # <pad>, <bos>, <eos> never occur in the stream
+    tok, out = jnp.argmax(jnp.where(allowed, logits[:, -1], -jnp.inf), -1), []
     for _ in range(n):
         out.append(int(tok[0]))
         carry, logits = model.step(carry, tok)
-        tok = jnp.argmax(logits, -1)
+        tok = jnp.argmax(jnp.where(allowed, logits, -jnp.inf), -1)
     assert greedy[0] == prime + task.tokenizer.detokenize(task.vocab.decode(out))
 
     hot = _sample(capsys, lm_workdir, "--prime", prime, "--length", "30",
@@ -505,7 +508,9 @@ def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
 @pytest.mark.parametrize("top_k,top_p", [(3, None), (None, 0.5), (4, 0.6)])
 def test_sample_top_k_top_p_stay_in_the_filtered_set(lm_workdir, top_k, top_p):
     """Every sampled token is among the k most probable / inside the nucleus, at every step,
-    judged by re-running the model over the generated text (the sequence form, one call)."""
+    judged by re-running the model over the generated text (the sequence form, one call).
+    <pad>/<bos>/<eos> are never drawn."""
+    from rnnjax.tasks.lm import NEVER_SAMPLED
     from rnnjax.train.trainer import load_for_inference
 
     _, task, model, _ = load_for_inference(lm_workdir, "latest")
@@ -514,8 +519,9 @@ def test_sample_top_k_top_p_stay_in_the_filtered_set(lm_workdir, top_k, top_p):
                            top_p=top_p)
     full = np.concatenate([np.broadcast_to(prime, (4, len(prime))), chosen], axis=1)
     _, logits = model(jnp.asarray(full[:, :-1]))
-    logp = np.asarray(jax.nn.log_softmax(logits[:, len(prime) - 1:] / 1.5, axis=-1),
-                      np.float64)
+    scaled = (logits[:, len(prime) - 1:] / 1.5).at[..., jnp.asarray(NEVER_SAMPLED)].set(-jnp.inf)
+    logp = np.asarray(jax.nn.log_softmax(scaled, axis=-1), np.float64)
+    assert not np.isin(chosen, NEVER_SAMPLED).any()
     order = np.argsort(-logp, axis=-1, kind="stable")
     rank = np.argmax(order == chosen[..., None], axis=-1)  # 0 = most probable
     if top_k is not None:

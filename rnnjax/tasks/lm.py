@@ -71,6 +71,10 @@ class StreamIterator:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
+#: Special tokens that never occur in an LM's token stream (see LMTask.generate).
+NEVER_SAMPLED = (text.PAD_ID, text.BOS_ID, text.EOS_ID)
+
+
 class LMTask(Task):
     best_metric = "nats_per_token"
     best_mode = "min"
@@ -180,15 +184,18 @@ class LMTask(Task):
         One jitted ``lax.scan``: the prime runs through the sequence form, then each token is
         drawn by :func:`rnnjax.decoding.sample_token` and fed to the step form.
         ``temperature = 0`` is greedy; ``top_k`` / ``top_p`` (None = off) keep the k most
-        probable tokens / the nucleus of mass p.
+        probable tokens / the nucleus of mass p. ``<pad>``, ``<bos>`` and ``<eos>`` are never
+        drawn: the training stream holds none of them (only ``<unk>`` stands in for
+        out-of-vocabulary tokens), so whatever probability the model gives them is noise.
         """
         if length < 1:
             raise ValueError(f"--length must be >= 1, got {length}")
         if temperature < 0:
             raise ValueError(f"--temperature must be >= 0, got {temperature}")
-        if top_k is not None and not 1 <= top_k <= len(self.vocab):
-            raise ValueError(f"--top-k must be in [1, {len(self.vocab)}] (the vocabulary size), "
-                             f"got {top_k}")
+        allowed = len(self.vocab) - len(NEVER_SAMPLED)
+        if top_k is not None and not 1 <= top_k <= allowed:
+            raise ValueError(f"--top-k must be in [1, {allowed}] (the vocabulary without "
+                             f"<pad>, <bos>, <eos>), got {top_k}")
         if top_p is not None and not 0.0 < top_p <= 1.0:
             raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
         prime_ids = np.asarray(prime_ids, np.int32)
@@ -206,6 +213,7 @@ class LMTask(Task):
 
             def body(c, k):
                 carry, logits = c
+                logits = logits.at[:, NEVER_SAMPLED].set(-jnp.inf)
                 tok = sample_token(k, logits, temperature=temperature, top_k=top_k, top_p=top_p)
                 carry, logits = m.step(carry, tok)
                 return (carry, logits), tok
