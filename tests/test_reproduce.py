@@ -1,7 +1,7 @@
 """Slow reproductions: the documented metrics of the ready configs, at full scale.
 
 Skipped by default (`-m 'not slow'` in pyproject); run with `python -m pytest -m slow
-tests/test_reproduce.py` (about 11 minutes on a 2-core CPU).
+tests/test_reproduce.py` (2 min 7 s on a quiet 2-core CPU; several times that under load).
 """
 
 from __future__ import annotations
