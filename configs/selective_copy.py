@@ -18,7 +18,10 @@ but has no way to route by content), stacking layers solves it.
 Expected, measured on this scale (seed 0, 3,000 steps, 2-core CPU, 3-6 minutes each under
 load): token accuracy on the recall positions 0.44 for min_gru with 1 layer (the paper: about
 37%), 0.77 for min_gru with 2 layers (still rising), 0.97 for a 1-layer GRU. Baseline 1/8 =
-0.125 accuracy, log 8 = 2.08 nats.
+0.125 accuracy, log 8 = 2.08 nats. The LRU (``:cell=lru``; linear and time-invariant, its
+recurrence cannot depend on the input at all), measured 2026-11-26 on a quiet machine: 0.31
+with 1 layer (51 s), 0.49 with 2 (79 s), below minGRU at equal depth, as Gu & Dao 2023 find
+for time-invariant state-space models on this task.
 
 Variants: cell, layers, smoke.
 """
