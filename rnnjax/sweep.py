@@ -62,7 +62,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from rnnjax.configlib import import_file
+from rnnjax.configlib import import_file, split_spec
 
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
 METRIC_AGGS = ("max", "min", "mean", "last", "first")
@@ -123,13 +123,11 @@ def load_study(spec: str | Path, *, smoke: bool = False) -> Study:
 
     ``smoke=True`` adds ``smoke`` to the arg (the study's CI-sized variant).
     """
-    path_s, sep, arg = str(spec).partition(":")
-    arg = arg if sep else None
+    path, arg = split_spec(spec)
     if smoke:
         arg = _merge_arg(arg, "smoke")
-    path = Path(path_s)
     if not path.is_file():
-        raise FileNotFoundError(f"study file {path_s!r} not found; studies live in "
+        raise FileNotFoundError(f"study file {str(path)!r} not found; studies live in "
                                 f"experiments/*.py (e.g. experiments/vanishing_gradients.py)")
     module = import_file(path, "study")
     if not hasattr(module, "get_sweep"):
