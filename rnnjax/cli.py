@@ -81,7 +81,7 @@ def cmd_eval(argv):
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     args = p.parse_args(argv)
-    from rnnjax.train.trainer import run_eval
+    from rnnjax.inference import run_eval
 
     print(json.dumps(_printable(run_eval(args.workdir, args.checkpoint)), indent=2))
 
@@ -100,7 +100,7 @@ def cmd_sample(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     args = p.parse_args(argv)
-    from rnnjax.train.trainer import load_for_inference
+    from rnnjax.inference import load_for_inference
 
     config, task, model, _ = load_for_inference(args.workdir, args.checkpoint)
     if not hasattr(task, "sample"):
@@ -135,7 +135,7 @@ def cmd_decode(argv):
     src.add_argument("--input-file", help="a UTF-8 file with one source string per line")
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     args = p.parse_args(argv)
-    from rnnjax.train.trainer import load_for_inference
+    from rnnjax.inference import load_for_inference
 
     if args.input is not None:
         texts = [args.input]

@@ -399,7 +399,7 @@ def plot_grad_flow(result: dict, path: str | Path, title: str = "") -> Path:
 def diagnose_workdir(workdir: str | Path, *, which: str = "best",
                      batch_size: int | None = None) -> dict[str, Any]:
     """Loads a trained workdir, diagnoses one eval batch, writes json and plot."""
-    from rnnjax.train.trainer import load_for_inference  # the CLI's entry; trainer is above
+    from rnnjax.inference import load_for_inference  # the CLI's entry
 
     workdir = Path(workdir)
     config, task, model, step = load_for_inference(workdir, which)

@@ -85,7 +85,8 @@ def main(argv=None) -> dict:
     from rnnjax import decoding
     from rnnjax.configlib import load_config
     from rnnjax.data.text import BOS_ID, EOS_ID, PAD_ID
-    from rnnjax.train.trainer import build, load_for_inference
+    from rnnjax.inference import load_for_inference
+    from rnnjax.tasks.base import build
 
     if args.workdir:
         config, task, model, step = load_for_inference(args.workdir)

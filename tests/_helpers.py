@@ -72,7 +72,7 @@ def checkpoint_steps(workdir) -> list[int]:
 
 def restored_params(workdir, which: str = "latest") -> tuple[dict[str, np.ndarray], int]:
     """``{path: array}`` of the params restored by ``load_for_inference`` and its step."""
-    from rnnjax.train.trainer import load_for_inference
+    from rnnjax.inference import load_for_inference
 
     _, _, model, step = load_for_inference(workdir, which)
     return flat(nnx.state(model, nnx.Param)), step

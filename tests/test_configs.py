@@ -169,7 +169,7 @@ def test_missing_config_file():
 
 
 def test_cell_kwargs_take_new_keys_and_reach_the_cell():
-    from rnnjax.train.trainer import build
+    from rnnjax.tasks.base import build
 
     cfg = config("adding.py:smoke,cell=lru", "model.cell_kwargs.r_min=0.5",
                  "model.cell_kwargs.r_max=0.6", "model.cell_kwargs.scan_mode=sequential")
@@ -183,7 +183,7 @@ def test_cell_kwargs_take_new_keys_and_reach_the_cell():
 
 
 def test_a_cell_option_the_cell_does_not_take_is_named():
-    from rnnjax.train.trainer import build
+    from rnnjax.tasks.base import build
 
     cfg = config("adding.py:smoke,cell=gru", "model.cell_kwargs.forget_bias=0.5")
     with pytest.raises(ValueError, match=r"cell 'gru' takes no option \['forget_bias'\].*"

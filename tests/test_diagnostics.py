@@ -188,7 +188,8 @@ def test_cell_names_in_deep_bidirectional_stacks():
 
 def test_diagnose_cli_on_a_trained_workdir(tmp_path, capsys):
     from rnnjax.configlib import load_config
-    from rnnjax.train.trainer import load_for_inference, train_and_evaluate
+    from rnnjax.inference import load_for_inference
+    from rnnjax.train.trainer import train_and_evaluate
 
     wd = tmp_path / "run"
     cfg = load_config("configs/adding.py:smoke,T=8,cell=lstm")

@@ -52,7 +52,7 @@ def test_every_trial_config_loads(path, tmp_path):
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_smoke_mode_is_ci_sized_and_builds(path, tmp_path):
-    from rnnjax.train.trainer import build
+    from rnnjax.tasks.base import build
 
     study = load_study(str(path), smoke=True)
     trials = expand(study, tmp_path)

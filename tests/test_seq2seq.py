@@ -406,7 +406,7 @@ def test_decode_cli(trained, capsys, tmp_path):
 
 
 def test_decode_warns_about_inputs_longer_than_training(trained, caplog):
-    from rnnjax.train.trainer import load_for_inference
+    from rnnjax.inference import load_for_inference
 
     _, task, model, _ = load_for_inference(trained["addition"][0], "latest")
     digits = task.config.data.max_digits

@@ -251,7 +251,7 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path, cell="lstm", lrs=(3e-3, 1e-
     # Different seeds really are different runs.
     assert not math.isclose(vm[0]["mse"], vm[1]["mse"])
     # The final checkpoint restores into the trainer's own state tree (eval, diagnose).
-    from rnnjax.train.trainer import run_eval
+    from rnnjax.inference import run_eval
 
     again = run_eval(tmp_path / "vm1", "latest")
     assert again["checkpoint_step"] == 5

@@ -171,7 +171,7 @@ def _glove_config(path, **fields):
 
 
 def _table(workdir):
-    from rnnjax.train.trainer import load_for_inference
+    from rnnjax.inference import load_for_inference
 
     _, task, model, _ = load_for_inference(workdir, "latest")
     return task, np.asarray(model.embed.table[...])

@@ -19,14 +19,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import (
+    ROOT,
+    assert_bitwise_equal,
+    checkpoint_steps,
+    config,
+    env,
+    flat,
+    last_rows_by_step,
+    output,
+    restored_params,
+    results,
+    rows,
+    start_rnnjax,
+    train,
+    wait_for,
+)
 from flax import nnx
 
-from _helpers import (ROOT, assert_bitwise_equal, checkpoint_steps, config, env, flat,
-                      last_rows_by_step, output, restored_params, results, rows, start_rnnjax,
-                      train, wait_for)
 from rnnjax import cli
+from rnnjax.tasks.base import build
 from rnnjax.train.optim import make_optimizer
-from rnnjax.train.trainer import NonFiniteLossError, build, make_train_step
+from rnnjax.train.state import create_train_state
+from rnnjax.train.steps import make_train_step
+from rnnjax.train.trainer import NonFiniteLossError
 
 NORM_KEYS = ("loss", "grad_norm", "grad_norm_clipped", "param_norm", "update_norm")
 
@@ -283,9 +299,8 @@ def _step_setup(spec: str, **fields):
         model.train()
         graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
         clip_tx, opt_tx = make_optimizer(cfg.optim, cfg.train.steps)
-        state = dict(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=opt_tx.init(params),
-                     task_state=task.init_task_state(model, cfg.train.batch_size))
+        state = create_train_state(params, opt_tx,
+                                   task.init_task_state(model, cfg.train.batch_size))
         step = jax.jit(make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx))
         batch = {k: jnp.asarray(v) for k, v in next(
             task.train_iterator(cfg.train.batch_size, cfg.seed)).items()}
@@ -314,19 +329,19 @@ def test_logged_norms_match_numpy_clipping(clip):
     # Reference gradients: a plain jax.grad of the task loss (adding has no dropout).
     def loss_fn(p):
         return task.loss(nnx.merge(graphdef, p, rng_state, consts), batch,
-                         state["task_state"], True)[0]
+                         state.task_state, True)[0]
 
-    g = flat(jax.grad(loss_fn)(state["params"]))
+    g = flat(jax.grad(loss_fn)(state.params))
     norm = _norm(g)
     if clip == "global_norm":
         clipped = {k: v * min(1.0, value / norm) for k, v in g.items()}
     else:  # per element
         clipped = {k: np.clip(v, -value, value) for k, v in g.items()}
 
-    old = flat(state["params"])
+    old = flat(state.params)
     new_state, m = step(state, batch, jax.random.PRNGKey(0))
     m = jax.device_get(m)
-    new = flat(new_state["params"])
+    new = flat(new_state.params)
 
     assert float(m["grad_norm"]) == pytest.approx(norm, rel=1e-4)
     assert float(m["grad_norm_clipped"]) == pytest.approx(_norm(clipped), rel=1e-4)
@@ -363,13 +378,13 @@ def test_every_train_step_logs_the_norms(finished_adding):
 ])
 def test_one_jitted_step_changes_every_parameter(spec, fields):
     *_, state, step, batch = _step_setup(spec, **fields)
-    before = flat(state["params"])
+    before = flat(state.params)
     new_state, _ = step(state, batch, jax.random.PRNGKey(0))
-    after = flat(new_state["params"])
+    after = flat(new_state.params)
     assert before.keys() == after.keys() and len(before) >= 5
     unchanged = [k for k in before if np.array_equal(before[k], after[k])]
     assert not unchanged, unchanged
-    assert int(new_state["step"]) == 1
+    assert int(new_state.step) == 1
 
 
 def test_dropout_masks_differ_between_steps_and_repeat_with_the_seed():
@@ -380,7 +395,7 @@ def test_dropout_masks_differ_between_steps_and_repeat_with_the_seed():
     rng = jax.random.PRNGKey(cfg.seed)
 
     def loss_at(s, key=rng, st=state):
-        return float(step(dict(st, step=jnp.asarray(s, jnp.int32)), batch, key)[1]["loss"])
+        return float(step(st.replace(step=jnp.asarray(s, jnp.int32)), batch, key)[1]["loss"])
 
     losses = [loss_at(s) for s in range(4)]
     assert len(set(losses)) == 4, losses  # a new mask every step
@@ -390,7 +405,7 @@ def test_dropout_masks_differ_between_steps_and_repeat_with_the_seed():
     # A second run with the same seed starts from the same params, so it draws the same
     # masks; whole runs with dropout are compared bitwise in the resume test (char LM).
     _, model2 = build(config("char_lm.py:smoke"))
-    assert_bitwise_equal(flat(nnx.state(model2, nnx.Param)), flat(state["params"]))
+    assert_bitwise_equal(flat(nnx.state(model2, nnx.Param)), flat(state.params))
 
 
 # ---------------------------------------------------------------------------
@@ -477,8 +492,8 @@ def _sample(capsys, workdir, *args):
 
 
 def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
+    from rnnjax.inference import load_for_inference
     from rnnjax.tasks.lm import NEVER_SAMPLED
-    from rnnjax.train.trainer import load_for_inference
 
     prime, n = "Shall I", 12
     greedy = _sample(capsys, lm_workdir, "--prime", prime, "--length", str(n),
@@ -510,8 +525,8 @@ def test_sample_top_k_top_p_stay_in_the_filtered_set(lm_workdir, top_k, top_p):
     """Every sampled token is among the k most probable / inside the nucleus, at every step,
     judged by re-running the model over the generated text (the sequence form, one call).
     <pad>/<bos>/<eos> are never drawn."""
+    from rnnjax.inference import load_for_inference
     from rnnjax.tasks.lm import NEVER_SAMPLED
-    from rnnjax.train.trainer import load_for_inference
 
     _, task, model, _ = load_for_inference(lm_workdir, "latest")
     prime = task.vocab.encode(task.tokenizer("Shall I"))

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -135,6 +136,13 @@ class Task:
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(values.dtype)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def build(config, workdir: Path | None = None) -> tuple[Task, nnx.Module]:
+    """Builds ``(task, model)`` from a config; used by training, evaluation and inference."""
+    task = get_task(config.task)(config, workdir)
+    model = task.build_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    return task, model
 
 
 def known_tasks() -> list[str]:

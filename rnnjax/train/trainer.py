@@ -22,84 +22,22 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from rnnjax.tasks.base import get_task
+from rnnjax.tasks.base import build
 from rnnjax.train.checkpoint import Checkpointer
 from rnnjax.train.metrics import MetricWriter, Progress, plot_curves
 from rnnjax.train.optim import make_optimizer, make_schedule
+from rnnjax.train.state import create_train_state
+from rnnjax.train.steps import evaluate, make_eval_step, make_train_step
 
 log = logging.getLogger("rnnjax")
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or infinite; the message names the step."""
-
-
-def _fresh(state):
-    """Copies a State into new Variables of the current trace.
-
-    Dropout mutates its RNG count; Variables closed over from an outer trace may
-    not be mutated inside an inner one (jit -> grad), so each trace gets its own.
-    """
-    return jax.tree.map(lambda v: v, state)
-
-
-# ---------------------------------------------------------------------------
-# The pure functions: one train step and one eval step.
-# ---------------------------------------------------------------------------
-def make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx):
-    """``(state, batch, rng) -> (state, metrics)``, pure; jit it with donated state.
-
-    ``state`` is ``{"step", "params", "opt_state", "task_state"}``.
-    """
-
-    def train_step(state, batch, rng):
-        # Dropout keys for this step: fold_in(rng, step), set outside the grad trace.
-        seeded = nnx.merge(graphdef, state["params"], _fresh(rng_state), consts)
-        nnx.reseed(seeded, dropout=jax.random.fold_in(rng, state["step"]))
-        step_rngs = nnx.state(seeded, nnx.RngState)
-
-        def loss_fn(params):
-            model = nnx.merge(graphdef, params, _fresh(step_rngs), consts)
-            return task.loss(model, batch, state["task_state"], True)
-
-        (loss, (metrics, task_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state["params"])
-        clipped, _ = clip_tx.update(grads, clip_tx.init(state["params"]), state["params"])
-        updates, opt_state = opt_tx.update(clipped, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
-        metrics = dict(metrics, loss=loss,
-                       grad_norm=optax.tree.norm(grads),
-                       grad_norm_clipped=optax.tree.norm(clipped),
-                       update_norm=optax.tree.norm(updates),
-                       param_norm=optax.tree.norm(params),
-                       params_finite=finite)
-        new_state = dict(step=state["step"] + 1, params=params, opt_state=opt_state,
-                         task_state=jax.lax.stop_gradient(task_state))
-        return new_state, metrics
-
-    return train_step
-
-
-def make_eval_step(task, graphdef, rng_state, consts):
-    def eval_step(params, batch):
-        model = nnx.merge(graphdef, params, rng_state, consts)
-        return task.eval_sums(model, batch)
-
-    return eval_step
-
-
-def evaluate(task, eval_step, params, batches, put_batch) -> dict[str, Any]:
-    sums: dict[str, np.ndarray] = {}
-    for batch in batches:
-        out = jax.device_get(eval_step(params, put_batch(batch)))
-        for k, v in out.items():
-            sums[k] = sums[k] + np.asarray(v) if k in sums else np.asarray(v)
-    return task.summarize(sums)
 
 
 # ---------------------------------------------------------------------------
@@ -152,13 +90,6 @@ class _Stop:
             signal.signal(signal.SIGTERM, self._old)
 
 
-def build(config, workdir: Path | None = None):
-    """Builds ``(task, model)`` from a config; used by train, eval, sample and decode."""
-    task = get_task(config.task)(config, workdir)
-    model = task.build_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1))
-    return task, model
-
-
 # ---------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------
@@ -197,10 +128,7 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
     # Optimiser.
     clip_tx, opt_tx = make_optimizer(config.optim, total)
     lr_schedule = make_schedule(config.optim, total)  # for logging only
-    state = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_tx.init(params),
-                 task_state=task.init_task_state(model, tc.batch_size))
-    # Copies: a carry may hold one zeros buffer twice (LSTMState(z, z)), and a
-    # donated argument must not alias itself.
+    state = create_train_state(params, opt_tx, task.init_task_state(model, tc.batch_size))
     state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
     rng = jax.random.PRNGKey(config.seed)
     train_iter = task.train_iterator(tc.batch_size, config.seed)
@@ -262,13 +190,13 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
                     # (no dropout): rnnjax.diagnostics.training_diagnostics.
                     from rnnjax.diagnostics import training_diagnostics
 
-                    diag_model = nnx.merge(graphdef_eval, state["params"], rng_state, consts)
+                    diag_model = nnx.merge(graphdef_eval, state.params, rng_state, consts)
                     writer.write(step, "diagnostics",
                                  training_diagnostics(diag_model, task, batch))
                 bar.update(1, loss=loss)
                 did_eval = step % tc.eval_every == 0 or step == total
                 if did_eval:
-                    last_eval = evaluate(task, eval_step, state["params"], eval_batches,
+                    last_eval = evaluate(task, eval_step, state.params, eval_batches,
                                          put_batch)
                     writer.write(step, "eval", last_eval)
                 if step % tc.checkpoint_every == 0 or step == total or stop.requested:
@@ -283,9 +211,9 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
     # Final evaluation on the best checkpoint's params would differ from the last;
     # we report the last (what train.steps asked for) and record the best step.
     if last_eval is None:
-        last_eval = evaluate(task, eval_step, state["params"], eval_batches, put_batch)
+        last_eval = evaluate(task, eval_step, state.params, eval_batches, put_batch)
     final = dict(last_eval)
-    final_model = nnx.merge(graphdef_eval, state["params"], rng_state, consts)
+    final_model = nnx.merge(graphdef_eval, state.params, rng_state, consts)
     final.update(task.final_report(final_model, workdir))
     results = {"status": "done", "step": total, "best_step": ckpt.best_step(),
                "eval": {k: v for k, v in final.items()}}
@@ -304,51 +232,3 @@ def _json_default(o):
     if isinstance(o, np.ndarray):
         return o.tolist()
     return str(o)
-
-
-def load_for_inference(workdir: str | Path, which: str = "best"):
-    """Rebuilds the model of a workdir and restores the ``best`` or ``latest`` params.
-
-    Returns ``(config, task, model, step)`` with the model in eval mode and the
-    checkpoint's step.
-    """
-    import ml_collections
-
-    from rnnjax.train.checkpoint import CheckpointError
-
-    workdir = Path(workdir)
-    cfg_path = workdir / "config.json"
-    if not cfg_path.exists():
-        raise CheckpointError(f"{workdir} has no config.json: it is not an rnnjax workdir "
-                              f"(train one with `rnnjax train --config ... --workdir {workdir}`)")
-    config = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
-    task, model = build(config, workdir)
-    model.eval()
-    graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    tc = config.train
-    clip_tx, opt_tx = make_optimizer(config.optim, int(tc.steps))
-    target = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_tx.init(params),
-                  task_state=task.init_task_state(model, tc.batch_size))
-    ckpt = Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
-                        best_metric=f"eval/{task.best_metric}", best_mode=task.best_mode)
-    if which not in ("best", "latest"):
-        raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
-    step = ckpt.best_step() if which == "best" else None
-    if step is None:
-        step = ckpt.latest_step()
-    state, meta = ckpt.restore(target, step)
-    ckpt.close()
-    model = nnx.merge(graphdef, state["params"], rng_state, consts)
-    model.eval()
-    return config, task, model, int(meta["step"])
-
-
-def run_eval(workdir: str | Path, which: str = "best") -> dict:
-    """Evaluates a trained workdir on its task's eval set; returns the metrics."""
-    config, task, model, step = load_for_inference(workdir, which)
-    graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    eval_step = jax.jit(make_eval_step(task, graphdef, rng_state, consts))
-    metrics = evaluate(task, eval_step, params, task.eval_batches(config.train.eval_batch_size),
-                       lambda b: {k: jnp.asarray(v) for k, v in b.items()})
-    metrics["checkpoint_step"] = step
-    return metrics

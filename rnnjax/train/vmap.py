@@ -41,8 +41,9 @@ import shutil
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +52,12 @@ import numpy as np
 import optax
 from flax import nnx
 
+from rnnjax.tasks.base import build
 from rnnjax.train.metrics import MetricWriter, plot_curves
 from rnnjax.train.optim import make_optimizer, make_schedule
-from rnnjax.train.trainer import (_json_default, build, make_eval_step, make_train_step)
+from rnnjax.train.state import create_train_state
+from rnnjax.train.steps import make_eval_step, make_train_step
+from rnnjax.train.workdir import json_default as _json_default
 
 log = logging.getLogger("rnnjax")
 
@@ -223,8 +227,7 @@ def train_vmapped(configs: Sequence[ml_collections.ConfigDict],
         member_tx = [scale_by_member_lr(inner, lr) for lr in lrs]
         opt_tx = member_tx[0]  # same update function; the lr lives in the state
 
-    states = [dict(step=jnp.zeros((), jnp.int32), params=p, opt_state=tx.init(p),
-                   task_state=t.init_task_state(m, tc.batch_size))
+    states = [create_train_state(p, tx, t.init_task_state(m, tc.batch_size))
               for (_, p, _, _), tx, t, m in zip(parts, member_tx, tasks, models)]
     state = _stack(states)
     rng_states = _stack([p[2] for p in parts])
@@ -257,7 +260,7 @@ def train_vmapped(configs: Sequence[ml_collections.ConfigDict],
                         (_member(state, 0), first, rngs[0], _member(rng_states, 0),
                          _member(consts, 0)), "train step")
     _check_same_program([member_eval_of(t) for t in tasks],
-                        (_member(state, 0)["params"], eval_sets[0][0],
+                        (_member(state, 0).params, eval_sets[0][0],
                          _member(rng_states, 0), _member(consts, 0)), "eval step")
     member_step, member_eval = member_step_of(tasks[0]), member_eval_of(tasks[0])
     for task, c, w in zip(tasks, configs, workdirs):
@@ -303,7 +306,7 @@ def train_vmapped(configs: Sequence[ml_collections.ConfigDict],
                         row.update(steps_per_sec=sps, lr=float(schedules[i](step - 1)))
                         writers[i].write(step, "train", row)
             if step % tc.eval_every == 0 or step == total:
-                last_eval = evaluate(state["params"])
+                last_eval = evaluate(state.params)
                 for i in range(K):
                     if i not in failed:
                         writers[i].write(step, "eval", last_eval[i])
@@ -321,7 +324,7 @@ def train_vmapped(configs: Sequence[ml_collections.ConfigDict],
             finals.append(None)
             continue
         final = dict(last_eval[i])
-        model = nnx.merge(graphdef_eval, _member(state["params"], i),
+        model = nnx.merge(graphdef_eval, _member(state.params, i),
                           _member(rng_states, i), _member(consts, i))
         final.update(tasks[i].final_report(model, workdirs[i]))
         _save_final(workdirs[i], configs[i], tasks[i], _member(state, i), len(set(lrs)) > 1,
@@ -346,7 +349,7 @@ def _save_final(workdir: Path, config, task, state, wrapped: bool, data_iter, ev
     from rnnjax.train.checkpoint import Checkpointer
 
     if wrapped:
-        state = dict(state, opt_state=state["opt_state"]["inner"])
+        state = state.replace(opt_state=state.opt_state["inner"])
     ckpt = Checkpointer(workdir / "checkpoints", keep=config.train.keep_checkpoints,
                         best_metric=f"eval/{task.best_metric}", best_mode=task.best_mode)
     metrics = {f"eval/{k}": v for k, v in eval_metrics.items()

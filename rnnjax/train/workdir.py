@@ -1,0 +1,234 @@
+"""The run directory: the one owner of its layout.
+
+A run directory (workdir) tells the story of one run, so that it can be understood
+without rerunning it::
+
+    config.json      the resolved config (written once the run has really started)
+    metrics.jsonl    one JSON row per logged step: {"step", "split", "time", ...}
+    results.json     {"status": "done", "step", "best_step", "eval": {...}, ...}
+    failed.json      {"time", "error", "traceback", ...}: why the last attempt failed
+    checkpoints/     Orbax checkpoints: the last N and the best by the task's metric
+    tb/              TensorBoard events
+    plots/           PNG curves
+    stdout.log, stderr.log   a sweep trial's process output
+
+Every other module reads and writes these files through :class:`Workdir`; none of
+them spells a file name. Results and failure records have one schema each,
+written atomically (temp file + rename), so a reader never sees half a file.
+
+This module never imports the training loop, a task or a model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from rnnjax.train.checkpoint import Checkpointer, CheckpointError
+from rnnjax.train.optim import make_optimizer
+from rnnjax.train.state import create_train_state
+
+#: The statuses :meth:`Workdir.status` reports.
+STATUSES = ("done", "failed", "started", "pending")
+
+
+def json_default(o):
+    """``json.dumps`` fallback for numpy scalars and arrays."""
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def config_json(config) -> dict:
+    """A config as plain JSON (what ``config.json`` holds)."""
+    return json.loads(config.to_json_best_effort())
+
+
+class Workdir:
+    """One run directory. Cheap to create; touches the disk only when asked."""
+
+    CONFIG = "config.json"
+    METRICS = "metrics.jsonl"
+    RESULTS = "results.json"
+    FAILED = "failed.json"
+    CHECKPOINTS = "checkpoints"
+    TENSORBOARD = "tb"
+    PLOTS = "plots"
+    STDOUT = "stdout.log"
+    STDERR = "stderr.log"
+    DIAGNOSTICS = "diagnostics.json"
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"Workdir({str(self.path)!r})"
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    # paths --------------------------------------------------------------------------
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / self.METRICS
+
+    @property
+    def results_path(self) -> Path:
+        return self.path / self.RESULTS
+
+    @property
+    def failed_path(self) -> Path:
+        return self.path / self.FAILED
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    @property
+    def tensorboard_dir(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / self.PLOTS
+
+    @property
+    def stdout_path(self) -> Path:
+        return self.path / self.STDOUT
+
+    @property
+    def stderr_path(self) -> Path:
+        return self.path / self.STDERR
+
+    def create(self) -> Workdir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # the config ---------------------------------------------------------------------
+    def has_config(self) -> bool:
+        return self.config_path.exists()
+
+    def read_config(self) -> ml_collections.ConfigDict:
+        """The run's config; a directory without one is not a run (CheckpointError)."""
+        if not self.config_path.exists():
+            raise CheckpointError(
+                f"{self.path} has no {self.CONFIG}: it is not an rnnjax workdir (train one "
+                f"with `rnnjax train --config ... --workdir {self.path}`)")
+        return ml_collections.ConfigDict(json.loads(self.config_path.read_text()))
+
+    def check_config(self, config) -> None:
+        """A workdir belongs to one config; only ``train.steps`` may differ on resume."""
+        if not self.config_path.exists():
+            return
+        old, new = json.loads(self.config_path.read_text()), config_json(config)
+        a, b = copy.deepcopy(old), copy.deepcopy(new)
+        for d in (a, b):
+            d.get("train", {}).pop("steps", None)
+        if a != b:
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ValueError(
+                f"workdir {self.path} holds a run with a different config (sections {diff} "
+                f"differ). Use a new --workdir, or delete {self.path} to start over.")
+
+    def write_config(self, config) -> None:
+        self.create()
+        atomic_write_text(self.config_path,
+                          json.dumps(config_json(config), indent=2, sort_keys=True))
+
+    # results and failures -----------------------------------------------------------
+    def read_results(self) -> dict | None:
+        try:
+            return json.loads(self.results_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_results(self, *, step: int, best_step: int | None, eval_metrics: dict,
+                      **extra: Any) -> dict:
+        """Writes ``results.json`` with status ``done``: the run reached ``step``."""
+        results = {"status": "done", "step": int(step), "best_step": best_step,
+                   "eval": dict(eval_metrics), **extra}
+        self.create()
+        atomic_write_text(self.results_path,
+                          json.dumps(results, indent=2, default=json_default))
+        return results
+
+    def read_failure(self) -> dict | None:
+        try:
+            return json.loads(self.failed_path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def record_failure(self, error: str, *, traceback: str | None = None,
+                       **fields: Any) -> dict:
+        """Writes ``failed.json``: ``{"time", "error", "traceback", **fields}``.
+
+        ``error`` is one line saying what went wrong; ``fields`` add context (the
+        failing step, a process's return code and stderr tail, ...).
+        """
+        info = {"time": time.time(), "error": error, "traceback": traceback, **fields}
+        self.create()
+        atomic_write_text(self.failed_path, json.dumps(info, indent=2, default=json_default))
+        return info
+
+    def clear_failure(self) -> None:
+        self.failed_path.unlink(missing_ok=True)
+
+    def status(self) -> str:
+        """``done`` | ``failed`` | ``started`` (config but no result) | ``pending``."""
+        results = self.read_results()
+        if results is not None and results.get("status") == "done":
+            return "done"
+        if self.failed_path.exists():
+            return "failed"
+        if self.config_path.exists():
+            return "started"
+        return "pending"
+
+    # checkpoints --------------------------------------------------------------------
+    def checkpointer(self, task, keep: int) -> Checkpointer:
+        """The run's checkpointer: the last ``keep`` plus the best by the task's metric."""
+        return Checkpointer(self.checkpoint_dir, keep=keep,
+                            best_metric=f"eval/{task.best_metric}", best_mode=task.best_mode)
+
+    def restore_params(self, task, config, model, params, which: str = "best"):
+        """``(params, step)`` of the ``best`` (or ``latest``) checkpoint, restored into the
+        structure of ``params`` (``model``'s); the optimiser and task state are built to
+        match and dropped."""
+        _, opt_tx = make_optimizer(config.optim, int(config.train.steps))
+        target = create_train_state(params, opt_tx, task.init_task_state(
+            model, config.train.batch_size))
+        ckpt = self.checkpointer(task, config.train.keep_checkpoints)
+        try:
+            step = ckpt.best_step() if which == "best" else None
+            if step is None:
+                step = ckpt.latest_step()
+            state, meta = ckpt.restore(target, step)
+        finally:
+            ckpt.close()
+        return state.params, int(meta["step"])
