@@ -55,24 +55,47 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 @command
 def cmd_train(argv):
-    p = argparse.ArgumentParser(prog="rnnjax train", description="Train from a config file.")
+    p = argparse.ArgumentParser(
+        prog="rnnjax train", description="Train from a config file. Override any config key "
+        "with --config.a.b=value (e.g. --config.optim.lr=3e-4); an unknown key is an error "
+        "that names its close matches. Re-running on a workdir resumes it.")
     p.add_argument("--config", default=None,
                    help="configs/x.py[:arg]; default: the embedded default job (adding problem)")
-    p.add_argument("--workdir", default=None,
-                   help="run directory (re-running on it resumes); default runs/<config name>")
+    p.add_argument("--workdir", action="append", default=None,
+                   help="run directory (re-running on it resumes); default runs/<config name>. "
+                        "Give it K times, with K --member, to train K members vmapped")
+    p.add_argument("--member", action="append", default=None, metavar="KEY=V[,KEY=V]",
+                   help="one vmapped member's overrides of seed and/or optim.lr, e.g. "
+                        "--member seed=1 --member seed=2,optim.lr=0.01; one per --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     argv, overrides = _split_config_overrides(argv)
     args = p.parse_args(argv)
     from rnnjax.configlib import load_config, split_spec
-    from rnnjax.train.trainer import train_and_evaluate
+    from rnnjax.diagnostics import training_hooks
+    from rnnjax.train.trainer import NonFiniteLossError, train_members
 
     spec = args.config or str(DEFAULT_CONFIG)
-    config = load_config(spec, overrides)
-    workdir = args.workdir or (f"runs/{split_spec(spec)[0].stem}" if args.config else
-                               "runs/default")
-    print(f"rnnjax: training {spec} in {workdir}", file=sys.stderr)
-    final = train_and_evaluate(config, workdir, progress=False if args.no_progress else None)
-    print(json.dumps({"workdir": workdir, "eval": _printable(final)}, indent=2))
+    workdirs = args.workdir or [f"runs/{split_spec(spec)[0].stem}" if args.config else
+                                "runs/default"]
+    members = args.member or []
+    if members and len(members) != len(workdirs):
+        raise ValueError(f"got {len(members)} --member and {len(workdirs)} --workdir; give one "
+                         f"--workdir per --member")
+    if not members and len(workdirs) > 1:
+        raise ValueError("several --workdir need one --member each (the seed and/or optim.lr "
+                         "that each member trains with)")
+    configs = [load_config(spec, overrides + [kv for kv in m.split(",") if kv])
+               for m in members] or [load_config(spec, overrides)]
+    print(f"rnnjax: training {spec} in {', '.join(workdirs)}", file=sys.stderr)
+    finals = train_members(configs, workdirs, hooks=training_hooks(configs[0]),
+                           progress=False if args.no_progress else None)
+    for w, final in zip(workdirs, finals):
+        print(json.dumps({"workdir": w, "eval": _printable(final) if final else None,
+                          "status": "done" if final else "failed"}, indent=2))
+    if any(f is None for f in finals):
+        failed = [w for w, f in zip(workdirs, finals) if f is None]
+        raise NonFiniteLossError(f"{len(failed)} of {len(finals)} members diverged "
+                                 f"({', '.join(failed)}); each failed.json says at which step")
 
 
 @command
@@ -170,17 +193,17 @@ def cmd_sweep(argv):
     p.add_argument("--root", default=None, help="sweep root; default runs/<study>")
     p.add_argument("--vmap-seeds", action="store_true",
                    help="run trials that differ only in seed (and optim.lr) as one vmapped "
-                        "process (faster for small models; writes no checkpoints)")
+                        "`rnnjax train` process (faster for small models)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per trial")
     p.add_argument("--report", action="store_true", help="write the report when done")
     args = p.parse_args(argv)
-    from rnnjax.sweep import run_sweep
+    from rnnjax.sweeps.runner import run_sweep
 
     summary = run_sweep(args.study, args.root, workers=args.workers, smoke=args.smoke,
                         vmap_seeds=args.vmap_seeds, timeout=args.timeout)
     print(json.dumps({"root": summary["root"], "counts": summary["counts"]}))
     if args.report:
-        from rnnjax.report import report
+        from rnnjax.sweeps.report import report
 
         print(report(args.study, args.root, smoke=args.smoke)["markdown"])
 
@@ -194,7 +217,7 @@ def cmd_report(argv):
     p.add_argument("--smoke", action="store_true", help="report the smoke variant")
     p.add_argument("--out", default=None, help="output folder; default <root>/report")
     args = p.parse_args(argv)
-    from rnnjax.report import report
+    from rnnjax.sweeps.report import report
 
     out = report(args.study, args.root, out_dir=args.out, smoke=args.smoke)
     print(out["markdown"])

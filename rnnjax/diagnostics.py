@@ -47,6 +47,7 @@ from rnnjax.nn.lru import LRUCell
 from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell
 from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array, LRUState, LSTMState
+from rnnjax.train.hooks import Hook
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
 TANH_LIMIT = 0.95
@@ -420,3 +421,10 @@ def diagnose_workdir(workdir: str | Path, *, which: str = "best",
     plot_grad_flow(result, workdir / "plots" / "grad_flow.png",
                    title=f"{workdir.name}: {config.model.cell}, step {step}")
     return result
+
+
+def training_hooks(config) -> list[Hook]:
+    """The periodic work a config asks of training: gradient-flow diagnostics every
+    ``train.diagnostics_every`` steps (none when it is 0)."""
+    every = int(config.train.get("diagnostics_every", 0) or 0)
+    return [Hook(every, "diagnostics", training_diagnostics)] if every > 0 else []

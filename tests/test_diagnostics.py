@@ -225,8 +225,10 @@ def test_trainer_logs_diagnostics_every_n_steps(tmp_path):
     from rnnjax.train.metrics import read_metrics
     from rnnjax.train.trainer import train_and_evaluate
 
+    from rnnjax.diagnostics import training_hooks
+
     cfg = load_config("configs/adding.py:smoke,T=6,cell=gru", ["train.diagnostics_every=2"])
-    train_and_evaluate(cfg, tmp_path, progress=False)
+    train_and_evaluate(cfg, tmp_path, progress=False, hooks=training_hooks(cfg))
     rows = [r for r in read_metrics(tmp_path) if r["split"] == "diagnostics"]
     assert [r["step"] for r in rows] == [2, 4]
     assert {"encoder.0/grad_first", "encoder.0/grad_last", "encoder.0/sat_z",

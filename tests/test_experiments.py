@@ -9,7 +9,7 @@ import pytest
 
 from rnnjax.cli import main
 from rnnjax.configlib import load_config
-from rnnjax.sweep import expand, load_study, run_sweep
+from rnnjax.sweeps import expand, load_study, run_sweep
 
 REPO = Path(__file__).resolve().parent.parent
 STUDIES = sorted((REPO / "experiments").glob("*.py"))

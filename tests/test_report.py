@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from rnnjax.cli import main
-from rnnjax.report import mean_curve, report
-from rnnjax.sweep import expand, load_study
+from rnnjax.sweeps.report import mean_curve, report
+from rnnjax.sweeps.study import expand, load_study
 
 STUDY = '''
 def get_sweep(arg=None):

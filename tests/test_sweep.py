@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from rnnjax.configlib import load_config
-from rnnjax.sweep import (expand, load_study, run_sweep, study_from_dict, trial_status,
-                          vmap_groups)
+from rnnjax.sweeps import expand, load_study, run_sweep, study_from_dict, trial_status, vmap_groups
 from rnnjax.train.metrics import read_metrics
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,14 +226,13 @@ def _tiny(seed, lr, cell="lstm"):
 
 def test_vmapped_seeds_equal_separate_runs(tmp_path, cell="lstm", lrs=(3e-3, 1e-2)):
     """Two seeds with two learning rates: data order, init, dropout keys and lr per member."""
-    from rnnjax.train.trainer import train_and_evaluate
-    from rnnjax.train.vmap import train_vmapped
+    from rnnjax.train.trainer import train_and_evaluate, train_members
 
     seeds = [0, 1]
     sep = [train_and_evaluate(_tiny(s, lr, cell), tmp_path / f"sep{s}", progress=False)
            for s, lr in zip(seeds, lrs)]
-    vm = train_vmapped([_tiny(s, lr, cell) for s, lr in zip(seeds, lrs)],
-                       [tmp_path / f"vm{s}" for s in seeds])
+    vm = train_members([_tiny(s, lr, cell) for s, lr in zip(seeds, lrs)],
+                       [tmp_path / f"vm{s}" for s in seeds], progress=False)
     for s, a, b in zip(seeds, sep, vm):
         np.testing.assert_allclose(b["mse"], a["mse"], rtol=1e-5)
         ra = [r for r in read_metrics(tmp_path / f"sep{s}") if r["split"] == "train"]
@@ -248,6 +246,11 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path, cell="lstm", lrs=(3e-3, 1e-
         np.testing.assert_allclose(eb, ea, rtol=1e-5)
         res = json.loads((tmp_path / f"vm{s}" / "results.json").read_text())
         assert res["status"] == "done" and res["mode"] == "vmap"
+        # Each member keeps checkpoints as a single run does: every checkpoint_every
+        # steps (smoke: 2), the last N plus the best.
+        steps = sorted(int(p.name) for p in (tmp_path / f"vm{s}" / "checkpoints").iterdir()
+                       if p.name.isdigit())
+        assert 5 in steps and len(steps) >= 2
     # Different seeds really are different runs.
     assert not math.isclose(vm[0]["mse"], vm[1]["mse"])
     # The final checkpoint restores into the trainer's own state tree (eval, diagnose).
@@ -259,27 +262,82 @@ def test_vmapped_seeds_equal_separate_runs(tmp_path, cell="lstm", lrs=(3e-3, 1e-
 
 
 def test_vmap_rejects_members_that_differ_in_more_than_seed_and_lr(tmp_path):
-    from rnnjax.train.vmap import train_vmapped
+    from rnnjax.train.trainer import train_members
 
     with pytest.raises(ValueError, match="model.hidden"):
-        train_vmapped([_tiny(0, 1e-3), load_config(f"{ADDING}:smoke,T=7",
+        train_members([_tiny(0, 1e-3), load_config(f"{ADDING}:smoke,T=7",
                                                    {"seed": 1, "model.hidden": 4})],
                       [tmp_path / "a", tmp_path / "b"])
 
 
 def test_vmap_records_a_diverged_member_and_finishes_the_others(tmp_path):
-    from rnnjax.train.vmap import train_vmapped
+    from rnnjax.train.trainer import train_members
 
     cfgs = [load_config(f"{ADDING}:smoke,T=7,cell=rnn_relu",
                         {"seed": s, "optim.lr": lr, "optim.clip_value": 1e30, "optim.name": "sgd",
                          "optim.warmup_steps": 0, "optim.schedule": "constant",
                          "train.steps": 4})
             for s, lr in [(0, 1e-3), (1, 1e30)]]
-    out = train_vmapped(cfgs, [tmp_path / "ok", tmp_path / "bad"])
+    out = train_members(cfgs, [tmp_path / "ok", tmp_path / "bad"], progress=False)
     assert out[0] is not None and out[1] is None
     assert trial_status(tmp_path / "ok") == "done"
+    assert trial_status(tmp_path / "bad") == "failed"
     failed = json.loads((tmp_path / "bad" / "failed.json").read_text())
-    assert "non-finite loss" in failed["error"]
+    assert "non-finite" in failed["error"] and failed["step"] >= 1
+    # The diverged member's checkpoints hold only finite steps before the failure.
+    bad_steps = [int(p.name) for p in (tmp_path / "bad" / "checkpoints").iterdir()
+                 if p.name.isdigit()]
+    assert all(st < failed["step"] for st in bad_steps)
+
+
+@pytest.mark.subprocess
+def test_vmapped_group_killed_and_rerun_resumes_to_the_same_numbers(tmp_path):
+    """A vmapped ``rnnjax train`` of 2 members, SIGKILLed after a checkpoint and re-run,
+    ends with the same metrics, bit for bit, as an uninterrupted group."""
+    import signal
+
+    from _helpers import checkpoint_steps, run_rnnjax, start_rnnjax, wait_for
+
+    common = ["--config", "configs/adding.py:smoke,T=7", "--config.train.steps=30",
+              "--config.train.checkpoint_every=5", "--config.train.eval_every=10",
+              "--no-progress"]
+    members = ["--member", "seed=0", "--member", "seed=1,optim.lr=0.003"]
+
+    def workdirs(tag):
+        return [tmp_path / f"{tag}0", tmp_path / f"{tag}1"]
+
+    def args(tag):
+        a, b = workdirs(tag)
+        return ["train", *common, "--workdir", str(a), "--workdir", str(b), *members]
+
+    proc = run_rnnjax(*args("full"), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = start_rnnjax(*args("kill"), log=tmp_path / "kill.log")
+    try:
+        wait_for(lambda: all(any(s >= 10 for s in checkpoint_steps(w))
+                             for w in workdirs("kill")), proc, timeout=300)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert trial_status(workdirs("kill")[0]) == "started"
+    again = run_rnnjax(*args("kill"), timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resumed from step" in again.stderr
+    for full, killed in zip(workdirs("full"), workdirs("kill")):
+        a = [r for r in read_metrics(full) if r["split"] in ("train", "eval")]
+        b = [r for r in read_metrics(killed) if r["split"] in ("train", "eval")]
+        # Each step once (resume truncates what the killed run logged past its checkpoint).
+        assert [(r["split"], r["step"]) for r in b] == [(r["split"], r["step"]) for r in a]
+        for ra, rb in zip(a, b):
+            for k in ("loss", "grad_norm", "mse"):
+                if k in ra:
+                    assert ra[k] == rb[k], (full.name, ra["split"], ra["step"], k)
+        ra = json.loads((full / "results.json").read_text())["eval"]
+        rb = json.loads((killed / "results.json").read_text())["eval"]
+        assert ra["mse"] == rb["mse"]
 
 
 def test_vmapped_sweep_runs_a_seed_group_in_one_process(tmp_path):
@@ -291,18 +349,41 @@ def test_vmapped_sweep_runs_a_seed_group_in_one_process(tmp_path):
     '''))
     out = run_sweep(str(study_file), tmp_path / "root", vmap_seeds=True, log=lambda s: None)
     assert out["counts"] == {"done": 2}
-    assert len(list((tmp_path / "root" / "_vmap").glob("*.json"))) == 1
+    first = Path(out["trials"][0]["workdir"])
+    # One `rnnjax train` process trained both (its stderr names both workdirs).
+    err = (first / "stderr.log").read_text()
+    assert all(t["workdir"] in err for t in out["trials"])
+    assert not (Path(out["trials"][1]["workdir"]) / "stderr.log").exists()
     for t in out["trials"]:
         assert t.get("vmapped") is True
         res = json.loads((Path(t["workdir"]) / "results.json").read_text())
         assert res["mode"] == "vmap" and res["step"] == 4
 
 
+def test_sweep_group_command_is_rnnjax_train_with_one_member_per_trial(tmp_path):
+    from rnnjax.sweeps.runner import group_command
+    from rnnjax.sweeps.study import VMAP_KEYS
+    from rnnjax.train.trainer import MEMBER_KEYS
+
+    assert tuple(VMAP_KEYS) == tuple(MEMBER_KEYS)
+    s = _study(base="configs/adding.py:smoke", grid={"optim.lr": [0.1, 0.2]}, seeds=[0, 1],
+               fixed={"train.steps": 3})
+    trials = expand(s, tmp_path)
+    (group,) = vmap_groups(trials)
+    cmd = group_command(group, python="py")
+    assert cmd[:4] == ["py", "-m", "rnnjax", "train"]
+    assert cmd.count("--workdir") == cmd.count("--member") == 4
+    assert "--config.train.steps=3" in cmd
+    members = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--member"]
+    assert members == ["optim.lr=0.1,seed=0", "optim.lr=0.1,seed=1", "optim.lr=0.2,seed=0",
+                       "optim.lr=0.2,seed=1"] or all("seed=" in m for m in members)
+
+
 def test_same_program_check_sees_a_seed_inside_the_step():
     import jax
     import jax.numpy as jnp
 
-    from rnnjax.train.vmap import VmapUnsupported, _check_same_program
+    from rnnjax.train.trainer import VmapUnsupported, _check_same_program
 
     def noisy(seed):  # a loss that draws its noise from PRNGKey(config.seed)
         return lambda x: x + jax.random.normal(jax.random.PRNGKey(seed), x.shape)
@@ -317,13 +398,15 @@ def test_same_program_check_sees_a_seed_inside_the_step():
 @pytest.mark.slow
 def test_vmap_refuses_a_task_whose_step_reads_the_seed(tmp_path):
     """Scheduled sampling draws coins from PRNGKey(config.seed): one program cannot serve
-    two seeds, so vmap says so before touching the workdirs (the sweep then runs them
-    one by one)."""
-    from rnnjax.train.vmap import VmapUnsupported, train_vmapped
+    two seeds, so the vmapped path says so before touching the workdirs (train_members
+    then trains them one by one)."""
+    from rnnjax.train.trainer import VmapUnsupported, _train
+    from rnnjax.train.workdir import Workdir
 
     reverse = str(REPO / "configs" / "reverse.py")
     cfgs = [load_config(f"{reverse}:smoke,objective=scheduled_sampling", [f"seed={s}"])
             for s in (0, 1)]
     with pytest.raises(VmapUnsupported, match="seed inside the step"):
-        train_vmapped(cfgs, [tmp_path / "a", tmp_path / "b"])
+        _train(cfgs, [Workdir(tmp_path / "a"), Workdir(tmp_path / "b")], progress=False,
+               hooks=())
     assert not (tmp_path / "a" / "config.json").exists()

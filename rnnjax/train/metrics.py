@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from rnnjax.train.workdir import Workdir
+
 
 def _scalar(v):
     if isinstance(v, (bool, np.bool_)):
@@ -38,15 +40,15 @@ def _scalar(v):
 class MetricWriter:
     """Appends metrics to ``metrics.jsonl`` and TensorBoard under ``workdir``."""
 
-    def __init__(self, workdir: str | Path, *, tensorboard: bool = True):
-        self.workdir = Path(workdir)
-        self.path = self.workdir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+    def __init__(self, workdir: str | Path | Workdir, *, tensorboard: bool = True):
+        self.workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+        self.path = self.workdir.metrics_path
+        self._file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed in close())
         self._tb = None
         if tensorboard:
             from tensorboardX import SummaryWriter
 
-            self._tb = SummaryWriter(str(self.workdir / "tb"))
+            self._tb = SummaryWriter(str(self.workdir.tensorboard_dir))
 
     def write(self, step: int, split: str, metrics: dict[str, Any]) -> dict:
         row = {"step": int(step), "split": split, "time": time.time()}
@@ -68,7 +70,7 @@ class MetricWriter:
 
 def read_metrics(workdir: str | Path) -> list[dict]:
     """All rows of ``workdir/metrics.jsonl``; a torn last line (a killed run) is skipped."""
-    path = Path(workdir) / "metrics.jsonl"
+    path = Workdir(workdir).metrics_path
     rows = []
     if not path.exists():
         return rows
@@ -128,7 +130,7 @@ def plot_curves(workdir: str | Path, keys: Iterable[str] | None = None,
                 continue
             series[k][r["split"]].append((r["step"], v))
     wanted = list(keys) if keys else sorted(series)
-    out_dir = Path(workdir) / "plots"
+    out_dir = Workdir(workdir).plots_dir
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for k in wanted:

@@ -1,67 +1,206 @@
-"""The trainer: ``train_and_evaluate(config, workdir)``, a plain loop around one jitted step.
+"""The one training loop: K members (K = 1 for a single run), each in its own run directory.
 
-It reads top to bottom: workdir and task -> model and optimiser -> checkpoint
-restore -> loop (step, log, evaluate, checkpoint) -> final evaluation, plots.
-The trainer never branches on a task name; it asks the task (``rnnjax.tasks``).
+``train_and_evaluate(config, workdir)`` trains one run; ``train_members(configs,
+workdirs)`` trains K runs that differ only in ``seed`` and ``optim.lr`` as one
+program, ``jax.vmap`` of the same pure train step over a leading member axis
+(K small recurrent models leave a CPU mostly idle between tiny matmuls; one wider
+program fills it). Both are this one loop, and it reads top to bottom:
 
-Per-step randomness is ``fold_in(rng, step)``. Data parallelism is a 1-D mesh
-over all local devices along the batch axis; the same code runs on one CPU.
+1. members: each config's task, data and model, built before anything is written;
+2. the optimiser (with per-member learning rates held in the optimiser state);
+3. the train state, restored from each member's checkpoints when there are some;
+4. the loop: step, log, periodic hooks (diagnostics), evaluate, checkpoint;
+5. the final evaluation, ``results.json`` and plots, per member.
+
+Every member has its own workdir (:class:`rnnjax.train.workdir.Workdir`), its own
+checkpoints (the last N plus the best), its own non-finite stop (a member whose loss
+or parameters become non-finite is recorded in its ``failed.json``, its checkpoints
+keep only finite parameters, and the other members go on), resume, a save on
+SIGTERM/SIGINT, and periodic hooks. With K = 1 nothing is vmapped and the numbers
+are those of a plain jitted step.
+
+Per-step randomness is ``fold_in(PRNGKey(seed), step)``. Data parallelism is a 1-D
+mesh over all local devices along the batch axis. The trainer never branches on a
+task name (it asks the task), and it imports neither diagnostics nor inference:
+periodic work comes in as :class:`Hook` objects.
 """
 
 from __future__ import annotations
 
-import copy
-import json
+import dataclasses
 import logging
 import math
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rnnjax.tasks.base import build
-from rnnjax.train.checkpoint import Checkpointer
+from rnnjax.train.hooks import Hook
 from rnnjax.train.metrics import MetricWriter, Progress, plot_curves
 from rnnjax.train.optim import make_optimizer, make_schedule
-from rnnjax.train.state import create_train_state
+from rnnjax.train.state import TrainState, create_train_state
 from rnnjax.train.steps import evaluate, make_eval_step, make_train_step
+from rnnjax.train.workdir import Workdir, config_json
 
 log = logging.getLogger("rnnjax")
 
+#: The config keys in which members of one vmapped group may differ.
+MEMBER_KEYS = ("seed", "optim.lr")
+
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the message names the step."""
+    """The loss or the parameters became NaN or infinite; the message names the step."""
+
+
+class VmapUnsupported(ValueError):
+    """The members' programs differ (the task reads the seed inside the step)."""
 
 
 # ---------------------------------------------------------------------------
-# Helpers for the loop.
+# Members.
 # ---------------------------------------------------------------------------
-def _config_json(config) -> dict:
-    return json.loads(config.to_json_best_effort())
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
 
 
-def _check_workdir_config(workdir: Path, config) -> None:
-    """A workdir belongs to one config; only ``train.steps`` may change on resume."""
-    path = workdir / "config.json"
-    new = _config_json(config)
-    if path.exists():
-        old = json.loads(path.read_text())
-        a, b = copy.deepcopy(old), copy.deepcopy(new)
-        for d in (a, b):
-            d.get("train", {}).pop("steps", None)
-        if a != b:
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ValueError(
-                f"workdir {workdir} holds a run with a different config (sections {diff} "
-                f"differ). Use a new --workdir, or delete {workdir} to start over.")
-    path.write_text(json.dumps(new, indent=2, sort_keys=True))
+def check_members(configs: Sequence[ml_collections.ConfigDict]) -> None:
+    """Raises ValueError unless the configs differ only in :data:`MEMBER_KEYS`."""
+    if not configs:
+        raise ValueError("training needs at least one config")
+    ref = _flat(config_json(configs[0]))
+    for i, c in enumerate(configs[1:], 1):
+        other = _flat(config_json(c))
+        diff = sorted(k for k in set(ref) | set(other)
+                      if k not in MEMBER_KEYS and ref.get(k) != other.get(k))
+        if diff:
+            raise ValueError(f"vmapped members may differ only in {list(MEMBER_KEYS)}; member "
+                             f"{i} also differs in {diff}. Run them as separate trials.")
+
+
+def scale_by_member_lr(inner: optax.GradientTransformation,
+                       lr: float) -> optax.GradientTransformation:
+    """``inner`` (built at lr = 1) with its updates times ``lr``, held in the state.
+
+    Keeping ``lr`` in the optimiser state is what lets ``vmap`` give every member its
+    own learning rate through one shared transformation. It is exact for every optax
+    optimiser whose update is ``-lr * direction`` (adam, adamw, sgd, rmsprop, lion,
+    ...) and every schedule of :mod:`rnnjax.train.optim` (all linear in ``lr``;
+    :func:`_check_linear_schedule` checks).
+    """
+
+    def init(params):
+        return {"inner": inner.init(params), "lr": jnp.asarray(lr, jnp.float32)}
+
+    def update(updates, state, params=None):
+        upd, inner_state = inner.update(updates, state["inner"], params)
+        upd = jax.tree.map(lambda u: u * state["lr"].astype(u.dtype), upd)
+        return upd, {"inner": inner_state, "lr": state["lr"]}
+
+    return optax.GradientTransformation(init, update)
+
+
+def _check_linear_schedule(cfg, total: int) -> None:
+    unit = ml_collections.ConfigDict(cfg.to_dict())
+    unit.lr = 1.0
+    s1, sa = make_schedule(unit, total), make_schedule(cfg, total)
+    for step in sorted({0, 1, total // 3, total // 2, total - 1}):
+        a, b = float(sa(step)), float(cfg.lr) * float(s1(step))
+        if not math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-12):
+            raise ValueError(f"optim.schedule={cfg.schedule!r} is not linear in optim.lr "
+                             f"(step {step}: {a} != lr * {float(s1(step))}); vmapped members "
+                             f"with different lr need a schedule linear in lr")
+
+
+def _check_same_program(fns, args, what: str) -> None:
+    """Raises VmapUnsupported unless every fn traces to the same jaxpr and constants."""
+    args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(np.shape(a), a.dtype), args)
+    ref = None
+    for i, fn in enumerate(fns):
+        closed = jax.make_jaxpr(fn)(*args)
+        sig = (str(closed.jaxpr), [np.asarray(c).tobytes() if hasattr(c, "dtype") else repr(c)
+                                   for c in closed.consts])
+        if ref is None:
+            ref = sig
+        elif sig != ref:
+            raise VmapUnsupported(
+                f"vmapped member {i}'s {what} is a different program from member 0's: the "
+                f"task uses its config's seed inside the step (e.g. scheduled-sampling coins), "
+                f"so one vmapped program cannot serve every seed. Run these trials without "
+                f"--vmap-seeds.")
+
+
+def _stack(trees):
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _member(tree, k: int):
+    return jax.tree.map(lambda a: a[k], tree)
+
+
+def _stack_batches(batches: list[dict], step: int) -> dict[str, np.ndarray]:
+    ref = batches[0]
+    want = {k: np.shape(v) for k, v in ref.items()}
+    for i, b in enumerate(batches[1:], 1):
+        shapes = {k: np.shape(v) for k, v in b.items()}
+        if shapes != want:
+            raise ValueError(f"vmapped members need batches of one shape; at step {step} "
+                             f"member {i} has {shapes}, member 0 {want} (length bucketing "
+                             f"gives each member its own T). Set data.bucket=False or run "
+                             f"without --vmap-seeds.")
+    return {k: np.stack([np.asarray(b[k]) for b in batches]) for k in ref}
+
+
+@dataclasses.dataclass
+class _Member:
+    """What the loop keeps per member."""
+
+    index: int
+    config: ml_collections.ConfigDict
+    workdir: Workdir
+    task: Any
+    model: nnx.Module
+    data: Any = None  # the train iterator (state_dict / load_state_dict)
+    ckpt: Any = None
+    writer: MetricWriter | None = None
+    schedule: Any = None
+    last_eval: dict | None = None
+    failed: str | None = None  # the error line, once the member diverged
+
+    @property
+    def rng(self):
+        return jax.random.PRNGKey(self.config.seed)
+
+
+def _on_disk(state: TrainState, wrapped: bool) -> TrainState:
+    """What a checkpoint holds: with per-member learning rates, the inner (lr = 1)
+    optimiser state, which has a single run's structure (Adam-type states do not
+    depend on lr), so that eval, diagnose and a later single run restore it as theirs."""
+    return state.replace(opt_state=state.opt_state["inner"]) if wrapped else state
+
+
+def _in_memory(restored: TrainState, fresh: TrainState, wrapped: bool) -> TrainState:
+    """The inverse of :func:`_on_disk`: the member's lr comes from its config."""
+    if not wrapped:
+        return restored
+    return restored.replace(opt_state={"inner": restored.opt_state,
+                                       "lr": fresh.opt_state["lr"]})
 
 
 def make_mesh() -> Mesh:
@@ -69,50 +208,101 @@ def make_mesh() -> Mesh:
 
 
 class _Stop:
-    """Turns SIGTERM into a flag the loop checks, so the loop saves before exiting."""
+    """Turns SIGTERM and SIGINT into a flag the loop checks, so it saves before exiting.
+
+    A second SIGINT (Ctrl-C twice) raises KeyboardInterrupt at once.
+    """
 
     def __init__(self):
-        self.requested = False
-        self._old = None
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
 
     def __enter__(self):
-        try:
-            self._old = signal.signal(signal.SIGTERM, self._handle)
-        except ValueError:  # not the main thread: no handler
-            self._old = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: no handler
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        if signum == signal.SIGINT and self.signal == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal = signum
 
     def __exit__(self, *exc):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 # ---------------------------------------------------------------------------
 # The loop.
 # ---------------------------------------------------------------------------
-def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = None) -> dict:
+def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = None,
+                       hooks: Sequence[Hook] = ()) -> dict:
     """Trains ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
     Returns the final evaluation metrics, also written to ``workdir/results.json``.
+    Raises :class:`NonFiniteLossError` (after recording it in ``failed.json``) when
+    the loss or the parameters become non-finite.
     """
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    _check_workdir_config(workdir, config)
-    tc = config.train
+    return train_members([config], [workdir], progress=progress, hooks=hooks)[0]
+
+
+def train_members(configs: Sequence[ml_collections.ConfigDict],
+                  workdirs: Sequence[str | Path], *, progress: bool | None = None,
+                  hooks: Sequence[Hook] = ()) -> list[dict | None]:
+    """Trains K members at once (see the module docstring); K = 1 is a plain run.
+
+    Returns each member's final eval metrics, or None for a member that diverged
+    (its ``failed.json`` says at which step). With K = 1 a divergence raises
+    :class:`NonFiniteLossError` instead. Members whose steps are different programs
+    (:class:`VmapUnsupported`) are trained one after another.
+    """
+    configs = list(configs)
+    workdirs = [Workdir(w) for w in workdirs]
+    check_members(configs)
+    if len(configs) != len(workdirs):
+        raise ValueError(f"got {len(configs)} configs but {len(workdirs)} workdirs")
+    if len({w.path.resolve() for w in workdirs}) != len(workdirs):
+        raise ValueError("every member needs its own workdir")
+    for w, c in zip(workdirs, configs):
+        w.check_config(c)
+    try:
+        return _train(configs, workdirs, progress=progress, hooks=hooks)
+    except VmapUnsupported as e:
+        log.warning("%s\nTraining the %d members one after another.", e, len(configs))
+        out = []
+        for c, w in zip(configs, workdirs):
+            try:
+                out.append(_train([c], [w], progress=progress, hooks=hooks)[0])
+            except NonFiniteLossError:
+                out.append(None)
+        return out
+
+
+def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | None]:
+    K = len(configs)
+    vmapped = K > 1
+    cfg0 = configs[0]
+    tc = cfg0.train
     total = int(tc.steps)
 
-    # Task, data and model.
-    task, model = build(config, workdir)
-    task.save_artifacts(workdir)
+    # 1. Members: task, data and model. Nothing is written before all of them build.
+    members = []
+    for i, (c, w) in enumerate(zip(configs, workdirs)):
+        task, model = build(c, w.path)
+        members.append(_Member(i, c, w, task, model))
     mesh = make_mesh()
     n_dev = mesh.devices.size
     if tc.batch_size % n_dev:
         raise ValueError(f"train.batch_size={tc.batch_size} must be divisible by the number of "
                          f"devices ({n_dev}) for data parallelism")
-    data_sharding = NamedSharding(mesh, P("data"))
+    data_sharding = NamedSharding(mesh, P(None, "data") if vmapped else P("data"))
     replicated = NamedSharding(mesh, P())
 
     def put_batch(batch):
@@ -120,115 +310,241 @@ def train_and_evaluate(config, workdir: str | Path, *, progress: bool | None = N
 
     # Params train; RngState is reseeded every step; everything else (frozen
     # embeddings) is constant and rebuilt from the config, so not checkpointed.
-    model.train()
-    graphdef_train, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    model.eval()
-    graphdef_eval = nnx.split(model, nnx.Param, nnx.RngState, ...)[0]
+    parts = []
+    for m in members:
+        m.model.train()
+        parts.append(nnx.split(m.model, nnx.Param, nnx.RngState, ...))
+    graphdef_train = parts[0][0]
+    members[0].model.eval()
+    graphdef_eval = nnx.split(members[0].model, nnx.Param, nnx.RngState, ...)[0]
 
-    # Optimiser.
-    clip_tx, opt_tx = make_optimizer(config.optim, total)
-    lr_schedule = make_schedule(config.optim, total)  # for logging only
-    state = create_train_state(params, opt_tx, task.init_task_state(model, tc.batch_size))
+    # 2. The optimiser: the config's own; members with different lrs share one built at
+    # lr = 1 whose updates each member scales by its own lr (held in its optimiser state).
+    lrs = [float(c.optim.lr) for c in configs]
+    wrapped = len(set(lrs)) > 1
+    if not wrapped:
+        clip_tx, opt_tx = make_optimizer(cfg0.optim, total)
+        member_tx = [opt_tx] * K
+    else:
+        _check_linear_schedule(cfg0.optim, total)
+        unit = ml_collections.ConfigDict(cfg0.optim.to_dict())
+        unit.lr = 1.0
+        clip_tx, inner = make_optimizer(unit, total)
+        member_tx = [scale_by_member_lr(inner, lr) for lr in lrs]
+        opt_tx = member_tx[0]  # the same update function; the lr lives in the state
+
+    # 3. The train state, restored per member. Resume order: fresh state -> restore the
+    # checkpoint into its structure -> the data position -> the step. The RNG needs
+    # nothing: it is fold_in(PRNGKey(seed), step).
+    states = []
+    for m, (_, params, _, _), tx in zip(members, parts, member_tx):
+        states.append(create_train_state(params, tx,
+                                         m.task.init_task_state(m.model, tc.batch_size)))
+        m.data = m.task.train_iterator(tc.batch_size, m.config.seed)
+        m.schedule = make_schedule(m.config.optim, total)
+    eval_sets = [m.task.eval_batches(tc.eval_batch_size) for m in members]
+    if len({len(e) for e in eval_sets}) != 1:
+        raise ValueError(f"vmapped members have eval sets of different sizes "
+                         f"{[len(e) for e in eval_sets]}")
+
+    def member_step_of(task):
+        def member_step(state, batch, rng, rng_state, consts):
+            step = make_train_step(task, graphdef_train, rng_state, consts, clip_tx, opt_tx)
+            return step(state, batch, rng)
+        return member_step
+
+    def member_eval_of(task):
+        def member_eval(params, batch, rng_state, consts):
+            return make_eval_step(task, graphdef_eval, rng_state, consts)(params, batch)
+        return member_eval
+
+    if vmapped:
+        # One traced program serves every member, so it must not depend on which
+        # member's task built it (a loss that draws coins from PRNGKey(seed) would).
+        probe = next(members[0].task.train_iterator(tc.batch_size, members[0].config.seed))
+        _check_same_program([member_step_of(m.task) for m in members],
+                            (states[0], probe, members[0].rng, parts[0][2], parts[0][3]),
+                            "train step")
+        _check_same_program([member_eval_of(m.task) for m in members],
+                            (states[0].params, eval_sets[0][0], parts[0][2], parts[0][3]),
+                            "eval step")
+
+    # Now the run has really started: record the config and the task's files.
+    latest = []
+    for m in members:
+        m.workdir.write_config(m.config)
+        m.task.save_artifacts(m.workdir.path)
+        m.ckpt = m.workdir.checkpointer(m.task, tc.keep_checkpoints)
+        latest.append(m.ckpt.latest_step() or 0)
+    # Vmapped members are saved one after another; a kill between two saves leaves them
+    # one checkpoint apart, and every member keeps its previous one: resume at the older.
+    start = min(latest)
+    if start > total:
+        raise ValueError(
+            f"{members[0].workdir.path} holds a checkpoint at step {start}, beyond "
+            f"train.steps={total}: a finished run cannot be shortened. Set "
+            f"train.steps >= {start}, or use a new --workdir.")
+    for k, m in enumerate(members):
+        if latest[k] != start and start not in m.ckpt.all_steps():
+            raise ValueError(
+                f"vmapped members are at different steps and {m.workdir.path} has no "
+                f"checkpoint at step {start} (it has {m.ckpt.all_steps()}); run the "
+                f"members separately.")
+        m.workdir.truncate_metrics(after_step=start)
+    if start:
+        for k, m in enumerate(members):
+            if start not in m.ckpt.all_steps():
+                raise ValueError(
+                    f"vmapped members are at different steps and {m.workdir.path} has no "
+                    f"checkpoint at step {start} (it has {m.ckpt.all_steps()}); run the "
+                    f"members separately.")
+            restored, meta = m.ckpt.restore(_on_disk(states[k], wrapped), start)
+            states[k] = _in_memory(restored, states[k], wrapped)
+            m.data.load_state_dict(meta["data_state"])
+        log.warning("resumed from step %d in %s", start,
+                    ", ".join(str(m.workdir.path) for m in members))
+    state = _stack(states) if vmapped else states[0]
     state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
-    rng = jax.random.PRNGKey(config.seed)
-    train_iter = task.train_iterator(tc.batch_size, config.seed)
+    rng_states = _stack([p[2] for p in parts]) if vmapped else parts[0][2]
+    consts = _stack([p[3] for p in parts]) if vmapped else parts[0][3]
+    rngs = jnp.stack([m.rng for m in members]) if vmapped else members[0].rng
 
-    # Checkpoint restore. Order: fresh tree -> restore state into it -> data
-    # position -> step. The RNG needs nothing: it is fold_in(rng, step).
-    ckpt = Checkpointer(workdir / "checkpoints", keep=tc.keep_checkpoints,
-                        best_metric=f"eval/{task.best_metric}", best_mode=task.best_mode)
-    start = 0
-    if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
-        state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
-        train_iter.load_state_dict(meta["data_state"])
-        start = int(meta["step"])
-        log.info("resumed from step %d in %s", start, workdir)
+    if vmapped:
+        step_fn = jax.jit(jax.vmap(member_step_of(members[0].task)), donate_argnums=(0,))
+        eval_fn = jax.jit(jax.vmap(member_eval_of(members[0].task)))
+        eval_batches = [_stack_batches(list(bs), 0) for bs in zip(*eval_sets)]
+    else:
+        single_step = jax.jit(make_train_step(members[0].task, graphdef_train, rng_states,
+                                              consts, clip_tx, opt_tx), donate_argnums=(0,))
+        single_eval = jax.jit(make_eval_step(members[0].task, graphdef_eval, rng_states,
+                                             consts))
+        eval_batches = eval_sets[0]
 
-    train_step = jax.jit(make_train_step(task, graphdef_train, rng_state, consts, clip_tx, opt_tx),
-                         donate_argnums=(0,))
-    eval_step = jax.jit(make_eval_step(task, graphdef_eval, rng_state, consts))
-    eval_batches = task.eval_batches(tc.eval_batch_size)
-    writer = MetricWriter(workdir, tensorboard=tc.tensorboard)
+        def step_fn(state, batch, rng, rng_state, consts):
+            return single_step(state, batch, rng)
 
-    def save(step, eval_metrics=None):
-        meta = {"step": step, "data_state": train_iter.state_dict(), "seed": config.seed}
-        metrics = {f"eval/{k}": v for k, v in (eval_metrics or {}).items()
-                   if isinstance(v, (int, float))} if eval_metrics else None
-        ckpt.save(step, state, meta, metrics)
+        def eval_fn(params, batch, rng_state, consts):
+            return single_eval(params, batch)
 
+    def run_eval() -> list[dict]:
+        if not vmapped:
+            return [evaluate(members[0].task, lambda p, b: eval_fn(p, b, None, None),
+                             state.params, eval_batches, put_batch)]
+        sums: dict[str, np.ndarray] = {}
+        for batch in eval_batches:
+            out = jax.device_get(eval_fn(state.params, put_batch(batch), rng_states, consts))
+            for k, v in out.items():
+                sums[k] = sums[k] + np.asarray(v) if k in sums else np.asarray(v)
+        return [m.task.summarize({k: v[m.index] for k, v in sums.items()}) for m in members]
+
+    def member_state(m: _Member) -> TrainState:
+        return _member(state, m.index) if vmapped else state
+
+    def eval_model(m: _Member) -> nnx.Module:
+        pick = (lambda t: _member(t, m.index)) if vmapped else (lambda t: t)
+        return nnx.merge(graphdef_eval, pick(state.params), pick(rng_states), pick(consts))
+
+    def save(m: _Member, step: int, eval_metrics: dict | None = None) -> None:
+        meta = {"step": step, "data_state": m.data.state_dict(), "seed": m.config.seed}
+        metrics = None
+        if eval_metrics:
+            metrics = {f"eval/{k}": v for k, v in eval_metrics.items()
+                       if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        m.ckpt.save(step, _on_disk(member_state(m), wrapped), meta, metrics)
+
+    def diverged(m: _Member, step: int, loss: float, finite: bool) -> None:
+        # Nothing of this step is saved: the checkpoints on disk hold finite parameters.
+        what = f"non-finite loss ({loss})" if not math.isfinite(loss) else \
+            "non-finite parameters after the update"
+        good = m.ckpt.latest_step()
+        who = f" (vmapped member {m.index}, seed {m.config.seed})" if vmapped else ""
+        m.failed = (f"{what} at step {step}{who}. The last good checkpoint (step {good}) in "
+                    f"{m.workdir.checkpoint_dir} is kept. Lower optim.lr, enable optim.clip, "
+                    f"or check the data.")
+        m.workdir.record_failure(m.failed, step=step, kind="non_finite",
+                                 last_good_step=good)
+
+    # 4. The loop.
+    for m in members:
+        m.writer = MetricWriter(m.workdir, tensorboard=tc.tensorboard)
     bar = Progress(total, initial=start, enabled=progress)
-    last_eval: dict[str, Any] | None = None
     t_last, steps_since = time.perf_counter(), 0
+    step = start
     try:
         with _Stop() as stop:
             for step in range(start + 1, total + 1):
-                batch = next(train_iter)
-                state, metrics = train_step(state, put_batch(batch), rng)
+                batches = [next(m.data) for m in members]
+                batch = _stack_batches(batches, step) if vmapped else batches[0]
+                state, metrics = step_fn(state, put_batch(batch), rngs, rng_states, consts)
                 metrics = jax.device_get(metrics)
-                loss = float(metrics["loss"])
-                finite = bool(metrics.pop("params_finite"))
-                if not (math.isfinite(loss) and finite):
-                    # Nothing of this step is saved: the checkpoints on disk all hold
-                    # finite parameters.
-                    good = ckpt.latest_step()
-                    what = f"non-finite loss ({loss})" if not math.isfinite(loss) else \
-                        "non-finite parameters after the update"
-                    raise NonFiniteLossError(
-                        f"{what} at step {step}. The last good checkpoint "
-                        f"(step {good}) in {workdir / 'checkpoints'} is kept. Lower optim.lr, "
-                        f"enable optim.clip, or check the data.")
+                live = [m for m in members if m.failed is None]
+                for m in live:
+                    row = {k: (v[m.index] if vmapped else v) for k, v in metrics.items()}
+                    loss, finite = float(row["loss"]), bool(row["params_finite"])
+                    if not (math.isfinite(loss) and finite):
+                        diverged(m, step, loss, finite)
+                live = [m for m in members if m.failed is None]
+                if not live:
+                    break
                 steps_since += 1
                 if step % tc.log_every == 0 or step == total:
                     now = time.perf_counter()
-                    metrics["steps_per_sec"] = steps_since / max(now - t_last, 1e-9)
-                    metrics["lr"] = float(lr_schedule(step - 1))
+                    sps = steps_since / max(now - t_last, 1e-9)
                     t_last, steps_since = now, 0
-                    writer.write(step, "train", metrics)
-                if tc.diagnostics_every and step % tc.diagnostics_every == 0:
-                    # Gradient flow through time on this step's batch, in eval mode
-                    # (no dropout): rnnjax.diagnostics.training_diagnostics.
-                    from rnnjax.diagnostics import training_diagnostics
-
-                    diag_model = nnx.merge(graphdef_eval, state.params, rng_state, consts)
-                    writer.write(step, "diagnostics",
-                                 training_diagnostics(diag_model, task, batch))
-                bar.update(1, loss=loss)
+                    for m in live:
+                        row = {k: (v[m.index] if vmapped else v) for k, v in metrics.items()
+                               if k != "params_finite"}
+                        row.update(steps_per_sec=sps, lr=float(m.schedule(step - 1)))
+                        m.writer.write(step, "train", row)
+                for hook in hooks:
+                    if hook.every and step % hook.every == 0:
+                        for m, b in zip(members, batches):
+                            if m.failed is None:
+                                m.writer.write(step, hook.split,
+                                               hook.fn(eval_model(m), m.task, b))
+                bar.update(1, loss=float(np.mean([
+                    (metrics["loss"][m.index] if vmapped else metrics["loss"]) for m in live])))
                 did_eval = step % tc.eval_every == 0 or step == total
                 if did_eval:
-                    last_eval = evaluate(task, eval_step, state.params, eval_batches,
-                                         put_batch)
-                    writer.write(step, "eval", last_eval)
+                    for m, ev in zip(members, run_eval()):
+                        if m.failed is None:
+                            m.last_eval = ev
+                            m.writer.write(step, "eval", ev)
                 if step % tc.checkpoint_every == 0 or step == total or stop.requested:
-                    save(step, last_eval if did_eval else None)
+                    for m in live:
+                        save(m, step, m.last_eval if did_eval else None)
                 if stop.requested:
-                    log.warning("SIGTERM: saved checkpoint at step %d; exiting", step)
-                    raise SystemExit(143)
+                    name = signal.Signals(stop.signal).name
+                    log.warning("%s: saved a checkpoint at step %d in %s; run the same command "
+                                "again to resume", name, step,
+                                ", ".join(str(m.workdir.path) for m in live))
+                    raise SystemExit(128 + stop.signal)
     finally:
         bar.close()
-        writer.close()
+        for m in members:
+            if m.writer is not None:
+                m.writer.close()
 
-    # Final evaluation on the best checkpoint's params would differ from the last;
-    # we report the last (what train.steps asked for) and record the best step.
-    if last_eval is None:
-        last_eval = evaluate(task, eval_step, state.params, eval_batches, put_batch)
-    final = dict(last_eval)
-    final_model = nnx.merge(graphdef_eval, state.params, rng_state, consts)
-    final.update(task.final_report(final_model, workdir))
-    results = {"status": "done", "step": total, "best_step": ckpt.best_step(),
-               "eval": {k: v for k, v in final.items()}}
-    (workdir / "results.json").write_text(json.dumps(results, indent=2, default=_json_default))
-    if tc.plots:
-        plot_curves(workdir)
-    ckpt.close()
-    return final
-
-
-def _json_default(o):
-    if isinstance(o, (np.integer,)):
-        return int(o)
-    if isinstance(o, (np.floating,)):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
+    # 5. The final evaluation (of the last step, what train.steps asked for; the best
+    # checkpoint's step is recorded beside it), results and plots, per member.
+    finals: list[dict | None] = []
+    for m in members:
+        if m.failed is not None:
+            m.ckpt.close()
+            finals.append(None)
+            continue
+        if m.last_eval is None:
+            m.last_eval = run_eval()[m.index]
+        final = dict(m.last_eval)
+        final.update(m.task.final_report(eval_model(m), m.workdir.path))
+        extra = {"mode": "vmap", "members": K} if vmapped else {}
+        m.workdir.clear_failure()
+        m.workdir.write_results(step=total, best_step=m.ckpt.best_step(), eval_metrics=final,
+                                **extra)
+        if tc.plots:
+            plot_curves(m.workdir)
+        m.ckpt.close()
+        finals.append(final)
+    if not vmapped and members[0].failed is not None:
+        raise NonFiniteLossError(members[0].failed)
+    return finals

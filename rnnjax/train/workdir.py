@@ -210,6 +210,39 @@ class Workdir:
             return "started"
         return "pending"
 
+    # metrics ------------------------------------------------------------------------
+    def truncate_metrics(self, after_step: int) -> None:
+        """Drops the rows of ``metrics.jsonl`` past ``after_step`` (and a torn last line).
+
+        A resumed run logs again every step after its checkpoint; without this, the
+        rows between the checkpoint and a kill would appear twice.
+        """
+        path = self.metrics_path
+        if not path.exists():
+            return
+        keep, dropped = [], 0
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                dropped += 1
+                continue
+            if int(row.get("step", 0)) > after_step:
+                dropped += 1
+            else:
+                keep.append(line)
+        if dropped:
+            atomic_write_text(path, "".join(f"{line}\n" for line in keep))
+
+    def latest_checkpoint_step(self) -> int | None:
+        """The newest checkpoint's step, read from the directory names (no Orbax, no
+        locks: cheap enough for a sweep to ask of every trial)."""
+        if not self.checkpoint_dir.is_dir():
+            return None
+        steps = [int(p.name) for p in self.checkpoint_dir.iterdir()
+                 if p.is_dir() and p.name.isdigit()]
+        return max(steps) if steps else None
+
     # checkpoints --------------------------------------------------------------------
     def checkpointer(self, task, keep: int) -> Checkpointer:
         """The run's checkpointer: the last ``keep`` plus the best by the task's metric."""

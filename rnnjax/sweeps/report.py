@@ -1,7 +1,7 @@
 """Ablation reports: one table and learning-curve plots from a sweep's workdirs.
 
 ``rnnjax report experiments/<study>.py [--root DIR]`` expands the study again
-(:func:`rnnjax.sweep.expand`), reads every trial's ``results.json``,
+(:func:`rnnjax.sweeps.study.expand`), reads every trial's ``results.json``,
 ``failed.json`` and ``metrics.jsonl``, groups trials by their non-seed
 overrides and writes, under ``<root>/report/``:
 
@@ -14,7 +14,7 @@ overrides and writes, under ``<root>/report/``:
   band, one line per configuration, one panel per value of the study's
   ``plot.panel`` field.
 
-Metric names (see :func:`rnnjax.sweep.parse_metric`): ``eval.mse`` is the final
+Metric names (see :func:`rnnjax.sweeps.study.parse_metric`): ``eval.mse`` is the final
 value in ``results.json``; ``<split>.<key>:<agg>`` aggregates the rows of
 ``metrics.jsonl`` (``train.grad_norm:max`` is the largest gradient-norm spike).
 
@@ -28,14 +28,23 @@ import dataclasses
 import io
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from rnnjax.sweep import (Study, Trial, expand, format_value, load_study,
-                          parse_metric, short_names, trial_status)
+from rnnjax.sweeps.study import (
+    Study,
+    Trial,
+    expand,
+    format_value,
+    load_study,
+    parse_metric,
+    short_names,
+)
 from rnnjax.train.metrics import latest_rows, read_metrics
+from rnnjax.train.workdir import Workdir
 
 _OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.greater}
 
@@ -51,21 +60,18 @@ class TrialResult:
 
 def read_trial(trial: Trial) -> TrialResult:
     """A trial's status, final eval metrics (if done), metric rows and failure line."""
-    wd = trial.workdir
-    status = trial_status(wd)
+    wd = Workdir(trial.workdir)
+    status = wd.status()
     ev = None
     if status == "done":
-        ev = json.loads((wd / "results.json").read_text()).get("eval", {})
+        ev = (wd.read_results() or {}).get("eval", {})
     error = None
     if status == "failed":
-        try:
-            info = json.loads((wd / "failed.json").read_text())
-        except (json.JSONDecodeError, OSError):
-            info = {}
+        info = wd.read_failure() or {}
         text = info.get("error") or info.get("stderr_tail") or ""
         lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
         error = lines[-1] if lines else f"return code {info.get('returncode')}"
-    return TrialResult(trial, status, ev, latest_rows(read_metrics(wd)), error)
+    return TrialResult(trial, status, ev, latest_rows(read_metrics(wd.path)), error)
 
 
 def metric_value(metric: str, result: TrialResult) -> float:

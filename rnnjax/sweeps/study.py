@@ -1,8 +1,9 @@
-"""Sweeps: expand a study into trials and run each trial in its own workdir, resumably.
+"""Studies: a sweep definition, validated and expanded into trials.
 
 A study is a Python file ``experiments/<study>.py`` with ``get_sweep(arg=None)``
 returning a plain dict (the config style: the ``arg`` string selects variants,
 e.g. ``:smoke`` or ``:quick``)::
+
 
     {
       "base": "configs/adding.py:T=100",      # the config every trial starts from
@@ -21,26 +22,16 @@ e.g. ``:smoke`` or ``:quick``)::
 
 Override keys are dotted config keys (``optim.lr``, ``seed``) or, with a leading
 colon, config-variant arguments (``:T`` becomes ``configs/adding.py:T=...``).
-Metric names are read by :mod:`rnnjax.report`: ``eval.mse`` is the final value in
+Metric names are read by :mod:`rnnjax.sweeps.report`: ``eval.mse`` is the final value in
 ``results.json``; ``<split>.<key>:<agg>`` (agg ``max|min|mean|last|first``)
 aggregates the rows of ``metrics.jsonl``.
 
 Each trial runs in ``<root>/<name>`` where the name is readable and ends in a
 hash of everything that defines the run (``cell=gru,T=200,seed=1-3fa2c1``), so a
-changed study never reuses a workdir that belongs to another config. Trials run
-as separate processes (``python -m rnnjax train ...``), ``workers`` at a time.
-A done trial (``results.json`` with ``status: done``) is skipped; an interrupted
-one is started again and the trainer resumes it from its checkpoints; a failing
-one gets ``failed.json`` (return code and the tail of its stderr) and the others
-go on. ``<root>/sweep.json`` lists every trial and its status.
+changed study never reuses a workdir that belongs to another config.
+:mod:`rnnjax.sweeps.runner` runs the trials; :mod:`rnnjax.sweeps.report` reads them.
 
-With ``vmap_seeds=True`` the trials that differ only in ``seed`` (and
-``optim.lr``) run together in one process, vmapped over the members
-(:mod:`rnnjax.train.vmap`): faster for small models, but they checkpoint only
-at the end, so an interrupted group restarts from step 0 (a trial that a normal
-run left half done resumes on its own instead).
-
-This module never imports models or cells: trials are processes, results files.
+This module never imports models, cells or the trainer: a study is data.
 """
 
 from __future__ import annotations
@@ -50,15 +41,11 @@ import hashlib
 import itertools
 import json
 import math
-import os
 import re
-import subprocess
 import sys
-import threading
-import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,7 +54,7 @@ from rnnjax.configlib import import_file, split_spec
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
 METRIC_AGGS = ("max", "min", "mean", "last", "first")
 SEED_KEY = "seed"
-#: Keys a vmapped group may differ in (see rnnjax.train.vmap).
+#: Keys a vmapped group may differ in (rnnjax.train.trainer.MEMBER_KEYS).
 VMAP_KEYS = ("seed", "optim.lr")
 _STUDY_KEYS = ("base", "grid", "random", "trials", "fixed", "seeds", "metrics", "success",
                "plot", "description")
@@ -409,257 +396,3 @@ def expand(study: Study, root: str | Path | None = None) -> list[Trial]:
     return trials
 
 
-# ---------------------------------------------------------------------------
-# Status of a trial directory.
-# ---------------------------------------------------------------------------
-def trial_status(workdir: str | Path) -> str:
-    """``done`` | ``failed`` | ``started`` (a workdir without results) | ``pending``."""
-    workdir = Path(workdir)
-    results = workdir / "results.json"
-    if results.exists():
-        try:
-            if json.loads(results.read_text()).get("status") == "done":
-                return "done"
-        except json.JSONDecodeError:
-            pass
-    if (workdir / "failed.json").exists():
-        return "failed"
-    if (workdir / "config.json").exists():
-        return "started"
-    return "pending"
-
-
-def _tail(path: Path, chars: int = 4000) -> str:
-    if not path.exists():
-        return ""
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - chars))
-        return f.read().decode("utf-8", "replace")
-
-
-def record_failure(workdir: Path, info: dict) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "failed.json").write_text(json.dumps({"time": time.time(), **info}, indent=2,
-                                                    default=str))
-
-
-# ---------------------------------------------------------------------------
-# Running.
-# ---------------------------------------------------------------------------
-class _Book:
-    """The sweep's trial table, written to ``root/sweep.json`` after every change."""
-
-    def __init__(self, study: Study, root: Path, trials: list[Trial]):
-        self.path = root / "sweep.json"
-        self.lock = threading.Lock()
-        self.head = {"study": study.name, "study_file": str(study.path) if study.path else None,
-                     "arg": study.arg, "base": study.base, "root": str(root)}
-        self.rows = {t.name: {**t.to_json(), "status": trial_status(t.workdir), "ran": False}
-                     for t in trials}
-        self.write()
-
-    def update(self, name: str, **fields) -> None:
-        with self.lock:
-            self.rows[name].update(fields)
-            self.write()
-
-    def write(self) -> None:
-        counts: dict[str, int] = {}
-        for r in self.rows.values():
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        data = {**self.head, "updated": time.time(), "counts": counts,
-                "trials": list(self.rows.values())}
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
-        tmp.replace(self.path)
-
-    def summary(self) -> dict:
-        with self.lock:
-            return json.loads(self.path.read_text())
-
-
-class _Procs:
-    """The child processes this sweep started, so an interrupt can stop exactly them."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.live: set[subprocess.Popen] = set()
-        self.stopping = False
-
-    def run(self, cmd: list[str], out: Path, err: Path,
-            timeout: float | None) -> tuple[int | None, bool]:
-        """``(returncode, timed_out)``; returncode None: not started (the sweep is stopping)."""
-        with open(out, "ab") as fo, open(err, "ab") as fe:
-            with self.lock:
-                if self.stopping:
-                    return None, False
-                proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
-                self.live.add(proc)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # SIGTERM lets the trainer save a checkpoint before it exits.
-                timed_out = True
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            finally:
-                with self.lock:
-                    self.live.discard(proc)
-        return proc.returncode, timed_out
-
-    def stop_all(self) -> None:
-        with self.lock:
-            self.stopping = True
-            procs = list(self.live)
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _finish(book: _Book, trial: Trial, rc: int | None, timed_out: bool, seconds: float,
-            cmd: list[str], err_path: Path) -> str:
-    status = trial_status(trial.workdir)
-    if rc is None:  # never started: the sweep was interrupted first
-        book.update(trial.name, status=status)
-        return status
-    if status != "done":
-        # A vmapped member that diverged has written its own failed.json already.
-        if not (trial.workdir / "failed.json").exists():
-            record_failure(trial.workdir, {
-                "returncode": rc, "timed_out": timed_out, "command": cmd,
-                "stderr_tail": _tail(err_path)})
-        status = "failed"
-    book.update(trial.name, status=status, returncode=rc, seconds=round(seconds, 2), ran=True)
-    return status
-
-
-def _clear_failure(workdir: Path) -> None:
-    """A retried trial starts without the last attempt's failed.json."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "failed.json").unlink(missing_ok=True)
-
-
-def _run_one(trial: Trial, book: _Book, procs: _Procs, python: str, timeout: float | None,
-             log: Callable[[str], None]) -> str:
-    _clear_failure(trial.workdir)
-    cmd = trial.command(python)
-    book.update(trial.name, status="running")
-    log(f"[sweep] start  {trial.name}")
-    t0 = time.perf_counter()
-    err = trial.workdir / "stderr.log"
-    try:
-        rc, timed_out = procs.run(cmd, trial.workdir / "stdout.log", err, timeout)
-    except OSError as e:  # could not start the process at all: this trial fails, others go on
-        with open(err, "a") as f:
-            f.write(f"could not start {cmd}: {e}\n")
-        rc, timed_out = -1, False
-    status = _finish(book, trial, rc, timed_out, time.perf_counter() - t0, cmd, err)
-    log(f"[sweep] {status:6s} {trial.name} ({time.perf_counter() - t0:.1f}s)")
-    return status
-
-
-def _run_group(group: list[Trial], root: Path, book: _Book, procs: _Procs, python: str,
-               timeout: float | None, log: Callable[[str], None]) -> None:
-    gdir = root / "_vmap"
-    gdir.mkdir(parents=True, exist_ok=True)
-    gname = "+".join(t.name.rsplit("-", 1)[-1] for t in group)[:100]
-    spec_path = gdir / f"{gname}.json"
-    spec_path.write_text(json.dumps({"members": [
-        {"spec": t.spec, "overrides": t.cli_overrides(), "workdir": str(t.workdir)}
-        for t in group]}, indent=2, default=str))
-    cmd = [python, "-m", "rnnjax.train.vmap", str(spec_path)]
-    for t in group:
-        _clear_failure(t.workdir)
-        book.update(t.name, status="running", vmapped=True)
-    log(f"[sweep] start  vmapped group of {len(group)}: {group[0].name} ...")
-    t0 = time.perf_counter()
-    err = gdir / f"{gname}.stderr.log"
-    try:
-        rc, timed_out = procs.run(cmd, gdir / f"{gname}.stdout.log", err, timeout)
-    except OSError as e:
-        with open(err, "a") as f:
-            f.write(f"could not start {cmd}: {e}\n")
-        rc, timed_out = -1, False
-    for t in group:
-        status = _finish(book, t, rc, timed_out, time.perf_counter() - t0, cmd, err)
-        log(f"[sweep] {status:6s} {t.name} (vmapped, {time.perf_counter() - t0:.1f}s)")
-
-
-def vmap_groups(trials: Sequence[Trial]) -> list[list[Trial]]:
-    """Trials that differ only in ``seed``/``optim.lr`` (and share a config spec), grouped."""
-    groups: dict[str, list[Trial]] = {}
-    for t in trials:
-        key = json.dumps({"spec": t.spec, "o": {k: v for k, v in t.config_overrides.items()
-                                                 if k not in VMAP_KEYS}},
-                         sort_keys=True, default=repr)
-        groups.setdefault(key, []).append(t)
-    return list(groups.values())
-
-
-def run_sweep(study: str | Path | Study, root: str | Path | None = None, *, workers: int = 1,
-              smoke: bool = False, vmap_seeds: bool = False, timeout: float | None = None,
-              python: str = sys.executable, log: Callable[[str], None] | None = None) -> dict:
-    """Runs every trial of ``study`` that is not done; returns the ``sweep.json`` content.
-
-    Args:
-      study: ``experiments/x.py[:arg]`` or a loaded :class:`Study`.
-      root: the sweep root (default ``runs/<study name>``).
-      workers: trials (processes) run at once.
-      smoke: run the study's ``smoke`` variant.
-      vmap_seeds: run trials that differ only in seed (and lr) as one vmapped process.
-      timeout: seconds per trial (or vmapped group) before it is stopped and marked failed.
-    """
-    if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
-    if not isinstance(study, Study):
-        study = load_study(study, smoke=smoke)
-    elif smoke:
-        raise ValueError("smoke=True needs a study spec, not a loaded Study; load it with "
-                         "load_study(spec, smoke=True)")
-    root = Path(root) if root is not None else study.default_root()
-    root.mkdir(parents=True, exist_ok=True)
-    trials = expand(study, root)
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    book = _Book(study, root, trials)
-    todo = [t for t in trials if trial_status(t.workdir) != "done"]
-    log(f"[sweep] {study.name}: {len(trials)} trials, {len(trials) - len(todo)} done, "
-        f"{len(todo)} to run in {root} with {workers} worker(s)")
-    procs = _Procs()
-    jobs: list[Callable[[], Any]] = []
-    if vmap_seeds:
-        # A started trial has checkpoints: it resumes alone instead of restarting vmapped.
-        started = [t for t in todo if trial_status(t.workdir) == "started"]
-        jobs += [lambda t=t: _run_one(t, book, procs, python, timeout, log) for t in started]
-        for group in vmap_groups([t for t in todo if t not in started]):
-            if len(group) == 1:  # a lone trial keeps checkpoints and resumability
-                jobs.append(lambda t=group[0]: _run_one(t, book, procs, python, timeout, log))
-            else:
-                jobs.append(lambda g=group: _run_group(g, root, book, procs, python, timeout,
-                                                       log))
-    else:
-        jobs = [lambda t=t: _run_one(t, book, procs, python, timeout, log) for t in todo]
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        for f in [pool.submit(j) for j in jobs]:
-            f.result()  # _run_one/_run_group record their own failures; this is a bug
-    except KeyboardInterrupt:
-        # Stop the children this sweep started (SIGTERM: the trainer checkpoints first).
-        procs.stop_all()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for t in trials:
-            if book.rows[t.name]["status"] == "running":
-                book.update(t.name, status=trial_status(t.workdir))
-        raise
-    pool.shutdown(wait=True)
-    return book.summary()
