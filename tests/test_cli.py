@@ -15,6 +15,7 @@ from _helpers import results, run_rnnjax
 from rnnjax import cli
 
 
+@pytest.mark.subprocess
 def test_help_in_a_real_process():
     proc = run_rnnjax("--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -24,6 +25,7 @@ def test_help_in_a_real_process():
         ",", " ").split())
 
 
+@pytest.mark.subprocess
 def test_unknown_override_key_in_a_real_process():
     proc = run_rnnjax("train", "--config.optim.lrr=1", "--workdir", "/nonexistent/never",
                       timeout=120)

@@ -80,6 +80,7 @@ def test_one_smoke_study_runs_end_to_end_with_two_workers(tmp_path, capsys):
     assert sweep["study"] == "vanishing_gradients_smoke"
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
 def test_every_smoke_study_runs_end_to_end(path, tmp_path):
     out = run_sweep(str(path), tmp_path, workers=2, smoke=True, log=lambda s: None)

@@ -18,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+pytestmark = pytest.mark.subprocess  # every test here runs a script as a process
+
 
 def run_script(name, *args, tmp_path):
     out = tmp_path / f"{name}.json"

@@ -175,6 +175,7 @@ def swept(tmp_path_factory):
     return study_file, root, first, second, mtimes, interrupted
 
 
+@pytest.mark.subprocess
 def test_sweep_runs_trials_and_records_the_failure(swept):
     study_file, root, first, *_ = swept
     status = {t["overrides"].get("model.cell", "bad"): t["status"] for t in first["trials"]}
@@ -195,6 +196,7 @@ def test_sweep_runs_trials_and_records_the_failure(swept):
             assert trial_status(wd) == "failed"
 
 
+@pytest.mark.subprocess
 def test_second_run_skips_done_resumes_started_and_retries_failed(swept):
     _, root, first, second, mtimes, interrupted = swept
     ran = {t["name"]: t["ran"] for t in second["trials"]}
@@ -340,6 +342,7 @@ def test_vmapped_group_killed_and_rerun_resumes_to_the_same_numbers(tmp_path):
         assert ra["mse"] == rb["mse"]
 
 
+@pytest.mark.subprocess
 def test_vmapped_sweep_runs_a_seed_group_in_one_process(tmp_path):
     study_file = tmp_path / "seeds.py"
     study_file.write_text(textwrap.dedent('''

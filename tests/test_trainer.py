@@ -109,6 +109,7 @@ def _sigkill_mid_training(spec, workdir, log):
             proc.wait()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("case", list(RESUME_CASES))
 def test_resume_after_kill_is_bitwise_exact(case, tmp_path, monkeypatch):
     """A run killed mid-training and resumed ends bitwise equal to an uninterrupted run.
@@ -185,6 +186,7 @@ def _restore_state(cfg, workdir, step):
 # ---------------------------------------------------------------------------
 # SIGTERM.
 # ---------------------------------------------------------------------------
+@pytest.mark.subprocess
 def test_sigterm_saves_a_checkpoint_at_the_current_step(tmp_path):
     # checkpoint_every=10 and a long run: the SIGTERM lands between periodic saves.
     workdir = tmp_path / "run"
@@ -258,6 +260,7 @@ DP_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.subprocess
 def test_two_devices_match_one_device(tmp_path, finished_adding):
     one_dir, _ = finished_adding
     proc = subprocess.run([sys.executable, "-c", DP_SCRIPT, str(tmp_path / "dp"),
