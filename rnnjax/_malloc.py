@@ -1,4 +1,4 @@
-"""glibc malloc tuning for XLA:CPU runs (PERF_NOTES item 3).
+"""glibc malloc tuning for XLA:CPU runs (docs/performance.md §3).
 
 XLA:CPU allocates its large temporary buffers afresh on every call; with glibc's
 defaults those above the mmap threshold are mapped and unmapped each time, and

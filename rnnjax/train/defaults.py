@@ -23,7 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_layers = 1
     m.bidirectional = False
     m.dropout = 0.0  # between recurrent layers and in the head
-    m.unroll = 1  # lax.scan unroll; >1 never helped on CPU (PERF_NOTES 5)
+    m.unroll = 1  # lax.scan unroll; >1 never helped on CPU (docs/performance.md §5)
     # The chosen cell's options (forget_bias, reset_before, scan_mode, r_min ...): the one
     # config dict that takes new keys on the command line, --config.model.cell_kwargs.r_min=0.9.
     m.cell_kwargs = ml_collections.ConfigDict()
