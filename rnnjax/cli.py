@@ -8,6 +8,9 @@
     rnnjax sweep experiments/<study>.py[:arg] [--workers N] [--smoke] [--vmap-seeds]
     rnnjax report experiments/<study>.py[:arg]
     rnnjax diagnose --workdir runs/x
+    rnnjax config [--config configs/x.py[:arg]] [--config.k=v ...]   (print the resolved config)
+    rnnjax fetch NAME [--cache-dir DIR]                               (download a registry dataset)
+    rnnjax --version
 
 ``rnnjax train`` with no ``--config`` runs the embedded default job
 (``configs/adding.py``, an LSTM on the adding problem at T=100) in ``runs/default``.
@@ -23,9 +26,13 @@ import os
 import sys
 from pathlib import Path
 
-#: The default job's config: the repo's configs/ folder (the package is installed from the checkout).
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "adding.py"
+#: The default job: configs/adding.py, shipped with the package (rnnjax.configlib.configs_dir).
+DEFAULT_CONFIG = "configs/adding.py"
 COMMANDS: dict[str, callable] = {}
+
+
+class SweepFailed(RuntimeError):
+    """Some trials of a sweep failed (after the others finished); the message lists them."""
 
 
 def command(fn):
@@ -206,6 +213,13 @@ def cmd_sweep(argv):
         from rnnjax.sweeps.report import report
 
         print(report(args.study, args.root, smoke=args.smoke)["markdown"])
+    failed = [t for t in summary["trials"] if t["status"] == "failed"]
+    if failed:
+        lines = [f"{len(failed)} of {len(summary['trials'])} trials failed:"]
+        for t in failed:
+            lines.append(f"  {t['name']}: {t.get('error') or 'see its log'}\n"
+                         f"    log: {t.get('log') or t['workdir']}")
+        raise SweepFailed("\n".join(lines))
 
 
 @command
@@ -245,6 +259,35 @@ def cmd_diagnose(argv):
           f"{Path(args.workdir) / 'plots' / 'grad_flow.png'}", file=sys.stderr)
 
 
+@command
+def cmd_config(argv):
+    p = argparse.ArgumentParser(
+        prog="rnnjax config", description="Print the resolved config (variants and "
+        "--config.a.b=v overrides applied, then checked) as JSON, without training.")
+    p.add_argument("--config", default=None,
+                   help="configs/x.py[:arg]; default: the embedded default job")
+    argv, overrides = _split_config_overrides(argv)
+    args = p.parse_args(argv)
+    from rnnjax.configlib import load_config
+    from rnnjax.train.defaults import validate
+
+    config = load_config(args.config or str(DEFAULT_CONFIG), overrides)
+    validate(config)
+    print(config.to_json_best_effort(indent=2, sort_keys=True))
+
+
+@command
+def cmd_fetch(argv):
+    p = argparse.ArgumentParser(prog="rnnjax fetch",
+                                description="Download a dataset of the registry into the cache.")
+    p.add_argument("name", help="a registry name, e.g. tiny_shakespeare, sms_spam, glove.6B")
+    p.add_argument("--cache-dir", default=None, help="default $RNNJAX_CACHE or ~/.cache/rnnjax")
+    args = p.parse_args(argv)
+    from rnnjax.data.download import fetch
+
+    print(fetch(args.name, args.cache_dir))
+
+
 def _printable(d):
     return json.loads(json.dumps(d, default=lambda o: o.tolist() if hasattr(o, "tolist")
                                  else str(o)))
@@ -258,6 +301,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__)
         print("commands:", ", ".join(sorted(COMMANDS)))
         return 0
+    if argv[0] in ("-V", "--version"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"rnnjax {version('rnnjax')}")
+        except PackageNotFoundError:
+            print("rnnjax (not installed: running from a source tree)")
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(f"rnnjax: unknown command {name!r}; commands: {sorted(COMMANDS)}", file=sys.stderr)
@@ -267,12 +318,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"rnnjax {name}: error: {e}", file=sys.stderr)
         return 2
+    except SweepFailed as e:
+        print(f"rnnjax {name}: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
+        from rnnjax.data.download import DownloadError
         from rnnjax.train.checkpoint import CheckpointError
         from rnnjax.train.trainer import NonFiniteLossError
+        from rnnjax.train.workdir import WorkdirLocked
 
-        if isinstance(e, (CheckpointError, NonFiniteLossError)):
+        if isinstance(e, (CheckpointError, NonFiniteLossError, WorkdirLocked, DownloadError)):
+            # The message says what was wrong and what to do; a traceback would bury it.
             print(f"rnnjax {name}: error: {e}", file=sys.stderr)
+            return 1
+        if isinstance(e, PermissionError | OSError) and getattr(e, "filename", None):
+            print(f"rnnjax {name}: error: could not write {e.filename} ({e.strerror}); "
+                  f"use a writable --workdir", file=sys.stderr)
             return 1
         raise
     return 0

@@ -20,8 +20,9 @@ import ast
 import difflib
 import importlib.util
 import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import ml_collections
 
@@ -78,6 +79,25 @@ def parse_arg(arg: str | None, *, lazy: bool = False, **defaults) -> ml_collecti
     return ml_collections.ConfigDict(out)
 
 
+def configs_dir() -> Path:
+    """The shipped ``configs/`` folder: inside the installed package (a wheel) or beside it
+    (a source checkout, an editable install)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "configs", here.parent / "configs"):
+        if (candidate / "adding.py").is_file():
+            return candidate
+    raise FileNotFoundError(f"rnnjax's configs folder is missing from {here} and {here.parent}; "
+                            f"reinstall rnnjax")
+
+
+def resolve_config_path(path: Path) -> Path:
+    """``configs/x.py`` names a shipped config when no such file is here (any install)."""
+    if path.is_file() or path.is_absolute() or not path.parts or path.parts[0] != "configs":
+        return path
+    shipped = configs_dir().joinpath(*path.parts[1:])
+    return shipped if shipped.is_file() else path
+
+
 def split_spec(spec: str) -> tuple[Path, str | None]:
     """``"configs/x.py:arg"`` -> ``(Path("configs/x.py"), "arg")``."""
     path, sep, arg = str(spec).partition(":")
@@ -89,6 +109,13 @@ def import_file(path: Path, kind: str):
     name = f"_rnnjax_{kind}_{path.stem}_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
+    try:
+        source = path.read_text(encoding="utf-8")
+        compile(source, str(path), "exec")
+    except SyntaxError as e:
+        # One line, the file's own, instead of a traceback through importlib.
+        raise ValueError(f"{kind} file {path}, line {e.lineno}: {e.msg}"
+                         + (f": {e.text.strip()}" if e.text else "")) from None
     sys.modules[name] = module
     module_spec.loader.exec_module(module)
     return module
@@ -98,6 +125,7 @@ def load_config(spec: str, overrides: Mapping[str, Any] | Iterable[str] = (),
                 lock: bool = True) -> ml_collections.ConfigDict:
     """Imports ``path[:arg]``, calls ``get_config(arg)``, applies overrides, locks it."""
     path, arg = split_spec(spec)
+    path = resolve_config_path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {str(path)!r} not found (from --config {spec!r}); "
                                 f"configs live in configs/*.py")

@@ -13,7 +13,8 @@ batch-major ``(B, T, E)`` inputs unless built with ``time_major=True``.
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 import jax.numpy as jnp
 import numpy as np

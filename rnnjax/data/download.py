@@ -92,7 +92,7 @@ register(
         name="glove.6B",
         url="https://nlp.stanford.edu/data/glove.6B.zip",
         filename="glove.6B.zip",
-        sha256=None,
+        sha256=None,  # unpinned: Stanford publishes no checksum; fetch warns and logs the digest
         size_bytes=862_182_613,
         extract=True,
         description="GloVe 6B (Wikipedia + Gigaword), 400k lowercased words; "
@@ -104,7 +104,7 @@ register(
         name="sms_spam",
         url="https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip",
         filename="sms+spam+collection.zip",
-        sha256=None,
+        sha256=None,  # unpinned: UCI publishes no checksum; fetch warns and logs the digest
         extract=True,
         primary="SMSSpamCollection",
         description="UCI SMS Spam Collection: 5574 'ham|spam<TAB>text' lines.",
@@ -116,7 +116,9 @@ register(
         url="https://raw.githubusercontent.com/karpathy/char-rnn/master/data/"
         "tinyshakespeare/input.txt",
         filename="input.txt",
-        sha256=None,
+        # Checked 2026-11-29 against karpathy/char-rnn data/tinyshakespeare/input.txt
+        # (1,115,394 bytes) fetched independently of this URL.
+        sha256="86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
         size_bytes=1_115_394,
         description="Tiny Shakespeare (char-rnn): about 1.1M characters of plays.",
     )
@@ -229,7 +231,12 @@ def _download(spec: DatasetSpec, file: Path, timeout: float) -> None:
         )
     os.replace(part, file)
     if spec.sha256 is None:
-        log.info("fetched %s (sha256 %s, not pinned; pin it in the registry).", file, digest)
+        # Unverifiable: no checksum published by the maintainers was at hand. Say so, and
+        # give the digest so that a user can pin it (register(..., overwrite=True)).
+        log.warning("fetched %s: sha256 %s. This dataset has no pinned checksum, so the file "
+                    "was NOT verified; pin this digest with rnnjax.data.download.register("
+                    "DatasetSpec(..., sha256=...), overwrite=True) once you trust it.",
+                    file, digest)
     else:
         _write_stamp(file, digest)
 

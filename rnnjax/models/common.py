@@ -7,7 +7,7 @@ a pretrained embedding matrix arrives as an array.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -16,7 +16,7 @@ starts at each row's last valid step. Layers never import data or training code.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -54,7 +54,7 @@ cell, a layer or anything above ``rnnjax.nn``.
 from __future__ import annotations
 
 import enum
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -77,7 +77,7 @@ class ScanMode(enum.Enum):
     LOG_SPACE = "log_space"
 
     @classmethod
-    def parse(cls, mode: "ScanMode | str") -> "ScanMode":
+    def parse(cls, mode: ScanMode | str) -> ScanMode:
         """Accepts a :class:`ScanMode` or its string value (as written in configs)."""
         if isinstance(mode, cls):
             return mode

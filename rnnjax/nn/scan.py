@@ -16,7 +16,7 @@ Masking convention (PyTorch packed-sequence semantics, right padding):
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -142,6 +142,8 @@ def _finish(book: _Book, trial: Trial, rc: int | None, timed_out: bool, seconds:
                               timed_out=timed_out, command=cmd, stderr_tail=tail,
                               stderr_path=str(err_path))
         status = "failed"
+        info = wd.read_failure() or {}
+        book.update(trial.name, error=str(info.get("error", ""))[:300], log=str(err_path))
     book.update(trial.name, status=status, returncode=rc, seconds=round(seconds, 2), ran=True)
     return status
 

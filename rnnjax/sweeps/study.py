@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from rnnjax.configlib import import_file, split_spec
+from rnnjax.configlib import import_file, resolve_config_path, split_spec
 
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
 METRIC_AGGS = ("max", "min", "mean", "last", "first")
@@ -131,7 +131,7 @@ def _resolve_base(base: str, study_path: Path | None) -> Path:
     if not p.is_absolute() and study_path is not None:
         here = study_path.resolve().parent
         candidates += [here.parent / p, here / p]
-    candidates.append(Path(__file__).resolve().parent.parent / p)
+    candidates.append(resolve_config_path(p))  # a shipped config, from any install
     for c in candidates:
         if c.is_file():
             return c.resolve()

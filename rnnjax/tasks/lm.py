@@ -32,6 +32,7 @@ from rnnjax.decoding import sample_token
 from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import SyntheticIterator, Task, resolve_path
 
+
 class StreamIterator:
     """Truncated-BPTT batches: B parallel streams, consecutive T-token windows.
 

@@ -21,6 +21,8 @@ wrong and what to do; nothing here deletes a workdir.
 
 from __future__ import annotations
 
+import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,20 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 class CheckpointError(RuntimeError):
     """A checkpoint could not be read; the message says which and what to do."""
+
+
+log = logging.getLogger("rnnjax")
+
+
+class _QuietOrbax(logging.Filter):
+    """Drops Orbax's per-save warning for a checkpoint saved between evaluations (it has
+    no metric to rank by, which is expected: the best one is ranked at eval steps)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietOrbax())
 
 
 class Checkpointer:
@@ -82,27 +98,54 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict]:
-        """Restores into the structure of ``target`` (arrays or ShapeDtypeStructs)."""
+        """Restores into the structure of ``target`` (arrays or ShapeDtypeStructs).
+
+        With ``step=None`` it restores the newest checkpoint that can be read: an
+        unreadable one (a disk that filled up, a copy cut short) is moved aside to
+        ``<step>.unreadable-<time>`` (never deleted), one line says so, and the next
+        older one is tried.
+        """
         steps = self.all_steps()
-        if step is None:
-            step = self.latest_step()
-        if step is None or step not in steps:
+        if step is not None:
+            return self._restore(target, step, steps)
+        if not steps:
             raise CheckpointError(
-                f"no checkpoint{'' if step is None else f' for step {step}'} in "
-                f"{self.directory} (found steps {steps}); train first with "
+                f"no checkpoint in {self.directory}; train first with "
                 f"`rnnjax train --config ... --workdir {self.directory.parent}`")
+        for s in sorted(steps, reverse=True):
+            try:
+                return self._restore(target, s, steps)
+            except CheckpointError as e:
+                if s == min(steps):
+                    raise
+                aside = self.directory / f"{s}.unreadable-{int(time.time())}"
+                (self.directory / str(s)).rename(aside)
+                why = str(e.__cause__).split("[tensorstore_spec")[0].strip()[:160]
+                log.warning("checkpoint step %d in %s could not be read (%s); moved it to %s "
+                            "(nothing is deleted) and falling back to an earlier checkpoint",
+                            s, self.directory, why, aside.name)
+                self.manager.reload()
+        raise AssertionError("unreachable")
+
+    def _restore(self, target: Any, step: int, steps: list[int]) -> tuple[Any, dict]:
+        if step not in steps:
+            raise CheckpointError(
+                f"no checkpoint for step {step} in {self.directory} (found steps {steps}); "
+                f"train first with `rnnjax train --config ... --workdir "
+                f"{self.directory.parent}`")
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         try:
             restored = self.manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                               meta=ocp.args.JsonRestore()))
         except Exception as e:  # orbax raises many types for a damaged directory
+            first = str(e).split("[tensorstore_spec")[0].strip().splitlines()
+            first = first[0][:200] if first else ""
             raise CheckpointError(
                 f"checkpoint for step {step} in {self.directory} could not be read "
-                f"({type(e).__name__}: {str(e)[:300]}). It may be corrupt or written by a "
-                f"different model/config. Delete {self.directory / str(step)} to fall back to "
-                f"an earlier checkpoint {[s for s in steps if s != step]}, or start a fresh "
-                f"workdir.") from e
+                f"({type(e).__name__}: {first}). It may be corrupt or written by a "
+                f"different model/config: use an earlier checkpoint "
+                f"{[s for s in steps if s != step]} or a fresh workdir.") from e
         return restored["state"], dict(restored["meta"])
 
     def close(self) -> None:

@@ -76,3 +76,62 @@ def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.train.plots = False
     c.train.tensorboard = False
     return c
+
+
+#: Counts and sizes every run checks before it builds anything: (key, lowest allowed
+#: value, what the value is). A key a config does not have is skipped.
+_BOUNDS: tuple[tuple[str, float, str], ...] = (
+    ("train.steps", 1, "the number of training steps"),
+    ("train.batch_size", 1, "the training batch size"),
+    ("train.eval_every", 1, "steps between evaluations"),
+    ("train.eval_batch_size", 1, "the evaluation batch size"),
+    ("train.eval_batches", 1, "the number of synthetic eval batches"),
+    ("train.checkpoint_every", 1, "steps between checkpoints"),
+    ("train.keep_checkpoints", 1, "how many recent checkpoints to keep"),
+    ("train.log_every", 1, "steps between logged train metrics"),
+    ("train.diagnostics_every", 0, "steps between diagnostics (0 = off)"),
+    ("model.hidden", 1, "the hidden size H"),
+    ("model.num_layers", 1, "the number of recurrent layers"),
+    ("model.embed_dim", 1, "the embedding size"),
+    ("model.unroll", 1, "the lax.scan unroll factor"),
+    ("optim.warmup_steps", 0, "the warmup steps"),
+    ("optim.decay_steps", 1, "steps per exponential decay"),
+    ("data.seq_len", 1, "the sequence length"),
+    ("data.delay", 0, "the copy delay"),
+    ("data.num_samples", 1, "the series length"),
+    ("data.window", 1, "the input window"),
+    ("data.horizon", 1, "the forecast horizon"),
+)
+
+
+def _get(config, dotted: str):
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def validate(config) -> None:
+    """Raises ValueError naming the first count or size a config gets wrong.
+
+    One message per mistake, saying what the value is, what it must be, and how to
+    set it; nothing is built or written before this passes.
+    """
+    for key, low, what in _BOUNDS:
+        value = _get(config, key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{key}={value!r}: {what} must be an integer >= {low}; set "
+                             f"--config.{key}=N")
+        if value < low:
+            raise ValueError(f"{key}={value}: {what} must be >= {low}; set --config.{key}=N "
+                             f"with N >= {low}")
+    dropout = _get(config, "model.dropout")
+    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"model.dropout={dropout}: a dropout rate must be in [0, 1)")
+    lr = _get(config, "optim.lr")
+    if lr is not None and not float(lr) > 0.0:
+        raise ValueError(f"optim.lr={lr}: the learning rate must be > 0")

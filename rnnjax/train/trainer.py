@@ -27,6 +27,7 @@ periodic work comes in as :class:`Hook` objects.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -46,8 +47,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from rnnjax.tasks.base import build
+from rnnjax.train.defaults import validate
 from rnnjax.train.hooks import Hook
-from rnnjax.train.metrics import MetricWriter, Progress, plot_curves
+from rnnjax.train.metrics import MetricWriter, Progress, latest_rows, plot_curves, read_metrics
 from rnnjax.train.optim import make_optimizer, make_schedule
 from rnnjax.train.state import TrainState, create_train_state
 from rnnjax.train.steps import evaluate, make_eval_step, make_train_step
@@ -203,6 +205,35 @@ def _in_memory(restored: TrainState, fresh: TrainState, wrapped: bool) -> TrainS
                                        "lr": fresh.opt_state["lr"]})
 
 
+def quality_warnings(task, final: dict, workdir: Workdir) -> list[str]:
+    """Says when a run that finished is far worse than where it started or than the
+    task's baseline (a diverged run that stayed finite, say): "done" is not "good".
+
+    The reference is the task's ``baseline_<metric>`` when it reports one, else the
+    first evaluation of the run. Worse means: twice the reference for a metric to
+    minimise, half of it for one to maximise.
+    """
+    key = task.best_metric
+    value = final.get(key)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return []
+    out = []
+    refs = []
+    if isinstance(final.get(f"baseline_{key}"), (int, float)):
+        refs.append(("the task's baseline", float(final[f"baseline_{key}"])))
+    first = next((r for r in latest_rows(read_metrics(workdir.path))
+                  if r.get("split") == "eval" and isinstance(r.get(key), (int, float))), None)
+    if first is not None:
+        refs.append((f"the first evaluation (step {first['step']})", float(first[key])))
+    for what, ref in refs:
+        bad = (not math.isfinite(value)) or (
+            value > 2 * ref if task.best_mode == "min" else value < 0.5 * ref)
+        if bad:
+            out.append(f"final eval {key}={value:.4g} is far worse than {what} ({ref:.4g}): "
+                       f"the run diverged or did not learn; lower optim.lr or check the data")
+    return out
+
+
 def make_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
@@ -265,6 +296,8 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
     """
     configs = list(configs)
     workdirs = [Workdir(w) for w in workdirs]
+    for c in configs:
+        validate(c)
     check_members(configs)
     if len(configs) != len(workdirs):
         raise ValueError(f"got {len(configs)} configs but {len(workdirs)} workdirs")
@@ -272,17 +305,30 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
         raise ValueError("every member needs its own workdir")
     for w, c in zip(workdirs, configs):
         w.check_config(c)
-    try:
-        return _train(configs, workdirs, progress=progress, hooks=hooks)
-    except VmapUnsupported as e:
-        log.warning("%s\nTraining the %d members one after another.", e, len(configs))
-        out = []
-        for c, w in zip(configs, workdirs):
-            try:
-                out.append(_train([c], [w], progress=progress, hooks=hooks)[0])
-            except NonFiniteLossError:
-                out.append(None)
-        return out
+        done = w.latest_checkpoint_step()
+        if done is not None and done > int(c.train.steps):
+            raise ValueError(
+                f"{w.path} holds a checkpoint at step {done}, beyond train.steps="
+                f"{c.train.steps}: a run cannot be shortened. Set --config.train.steps="
+                f"{done} (or more) to report or extend it, or use a new --workdir.")
+    if all(w.is_finished(c) for w, c in zip(workdirs, configs)):
+        # A finished run only reports: nothing is written (a read-only workdir works).
+        log.warning("already done: %s", ", ".join(str(w.path) for w in workdirs))
+        return [w.read_results()["eval"] for w in workdirs]
+    with contextlib.ExitStack() as stack:
+        for w in sorted(workdirs, key=lambda w: str(w.path.resolve())):
+            stack.enter_context(w.locked())
+        try:
+            return _train(configs, workdirs, progress=progress, hooks=hooks)
+        except VmapUnsupported as e:
+            log.warning("%s\nTraining the %d members one after another.", e, len(configs))
+            out = []
+            for c, w in zip(configs, workdirs):
+                try:
+                    out.append(_train([c], [w], progress=progress, hooks=hooks)[0])
+                except NonFiniteLossError:
+                    out.append(None)
+            return out
 
 
 def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | None]:
@@ -378,31 +424,24 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         latest.append(m.ckpt.latest_step() or 0)
     # Vmapped members are saved one after another; a kill between two saves leaves them
     # one checkpoint apart, and every member keeps its previous one: resume at the older.
+    # A single run resumes from its newest readable checkpoint (see Checkpointer.restore).
     start = min(latest)
-    if start > total:
-        raise ValueError(
-            f"{members[0].workdir.path} holds a checkpoint at step {start}, beyond "
-            f"train.steps={total}: a finished run cannot be shortened. Set "
-            f"train.steps >= {start}, or use a new --workdir.")
-    for k, m in enumerate(members):
-        if latest[k] != start and start not in m.ckpt.all_steps():
-            raise ValueError(
-                f"vmapped members are at different steps and {m.workdir.path} has no "
-                f"checkpoint at step {start} (it has {m.ckpt.all_steps()}); run the "
-                f"members separately.")
-        m.workdir.truncate_metrics(after_step=start)
     if start:
         for k, m in enumerate(members):
-            if start not in m.ckpt.all_steps():
+            if vmapped and start not in m.ckpt.all_steps():
                 raise ValueError(
                     f"vmapped members are at different steps and {m.workdir.path} has no "
                     f"checkpoint at step {start} (it has {m.ckpt.all_steps()}); run the "
                     f"members separately.")
-            restored, meta = m.ckpt.restore(_on_disk(states[k], wrapped), start)
+            restored, meta = m.ckpt.restore(_on_disk(states[k], wrapped),
+                                            start if vmapped else None)
             states[k] = _in_memory(restored, states[k], wrapped)
             m.data.load_state_dict(meta["data_state"])
+            start = int(meta["step"])
         log.warning("resumed from step %d in %s", start,
                     ", ".join(str(m.workdir.path) for m in members))
+    for m in members:
+        m.workdir.truncate_metrics(after_step=start)
     state = _stack(states) if vmapped else states[0]
     state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
     rng_states = _stack([p[2] for p in parts]) if vmapped else parts[0][2]
@@ -538,6 +577,11 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         final = dict(m.last_eval)
         final.update(m.task.final_report(eval_model(m), m.workdir.path))
         extra = {"mode": "vmap", "members": K} if vmapped else {}
+        warnings = quality_warnings(m.task, final, m.workdir)
+        for w in warnings:
+            log.warning("%s: %s", m.workdir.path, w)
+        if warnings:
+            extra["warnings"] = warnings
         m.workdir.clear_failure()
         m.workdir.write_results(step=total, best_step=m.ckpt.best_step(), eval_metrics=final,
                                 **extra)

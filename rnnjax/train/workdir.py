@@ -21,10 +21,14 @@ This module never imports the training loop, a task or a model.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import os
+import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +67,10 @@ def config_json(config) -> dict:
     return json.loads(config.to_json_best_effort())
 
 
+class WorkdirLocked(RuntimeError):
+    """Another process is training in this workdir; the message names it."""
+
+
 class Workdir:
     """One run directory. Cheap to create; touches the disk only when asked."""
 
@@ -76,6 +84,7 @@ class Workdir:
     STDOUT = "stdout.log"
     STDERR = "stderr.log"
     DIAGNOSTICS = "diagnostics.json"
+    LOCK = ".lock"
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -129,6 +138,57 @@ class Workdir:
     def create(self) -> Workdir:
         self.path.mkdir(parents=True, exist_ok=True)
         return self
+
+    # the lock -----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Holds an exclusive OS lock on ``.lock`` while training writes here.
+
+        A second process on the same workdir is refused with a message naming the
+        holder (its pid, host and start time, written into the file). The lock is
+        ``flock``'s, so the OS releases it when its process dies however it dies: a
+        killed run never blocks the next one.
+        """
+        try:
+            self.create()
+            f = open(self.path / self.LOCK, "a+", encoding="utf-8")  # noqa: SIM115
+        except OSError as e:
+            raise OSError(f"cannot write to the workdir {self.path} ({e.strerror}); training "
+                          f"needs a writable run directory: use another --workdir") from None
+        try:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "a process that wrote no details"
+                raise WorkdirLocked(
+                    f"workdir {self.path} is in use by another rnnjax run ({holder}). Wait for "
+                    f"it to finish, or stop it (kill its pid) and run again.") from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {socket.gethostname()}, since "
+                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+        finally:
+            f.close()
+
+    def is_finished(self, config) -> bool:
+        """True when ``results.json`` says done at ``config.train.steps`` for this config:
+        such a run only reports, and needs no write."""
+        results = self.read_results()
+        if not results or results.get("status") != "done":
+            return False
+        if int(results.get("step", -1)) != int(config.train.steps):
+            return False
+        try:
+            self.check_config(config)
+        except ValueError:
+            return False
+        return json.loads(self.config_path.read_text()) == config_json(config)
 
     # the config ---------------------------------------------------------------------
     def has_config(self) -> bool:
