@@ -4,7 +4,8 @@ Three measurements on one batch:
 
 * **gradient through time**: ``‖∂L/∂h_t‖`` for every recurrent layer and every
   step ``t`` (for the LRU, ``h_t`` is its complex state ``s_t``, real and imaginary
-  parts, whose perturbation also reaches the output ``y_t`` read from it). Each cell's time loop is rerun as ``h_t = step(h_{t-1}, x_t) + ε_t``
+  parts, whose perturbation also reaches the output ``y_t`` read from it). Each
+  cell's time loop is rerun as ``h_t = step(h_{t-1}, x_t) + ε_t``
   with ``ε = 0`` and the loss is differentiated with respect to ``ε`` (that
   derivative *is* ``∂L/∂h_t``, through every later step and every output that
   reads ``h_t``). A vanishing gradient shows as a norm that falls geometrically
@@ -12,15 +13,16 @@ Three measurements on one batch:
 * **gate saturation**: the fraction of gate activations that are saturated,
   per gate: sigmoid gates below 0.05 or above 0.95, tanh activations (LSTM
   ``g``, GRU ``n``, a tanh Elman ``h``) beyond ±0.95. Padded steps are left out;
-* **spectral radius** of the recurrent weight, per gate block ``(H, H)`` of
-  ``w_hh`` (an Elman cell has one block, ``h``; min cells have none); for the LRU,
-  whose recurrent matrix is ``diag(λ)``, ``max |λ|`` (key ``lambda``).
+* **spectral radius** of each matrix of ``cell.recurrent_matrices()``: per gate
+  block ``(H, H)`` of ``w_hh`` (an Elman cell has one block, ``h``; min cells have
+  none); for the LRU, whose recurrent matrix is ``diag(λ)``, ``max |λ|`` (key ``lambda``).
 
-Every cell run through ``scan_projected`` (every :class:`rnnjax.nn.Recurrent`
-layer) is covered; a cell called step by step by a decoder is not. The hook
-swaps a cell's ``scan_projected`` for the plain step loop on the instance for the
-duration of one call and restores it: the fused LSTM/GRU loops compute the same
-function, so the numbers are those of the model.
+Everything goes through the cell protocol (:mod:`rnnjax.nn.cell`): ``state_width``,
+``perturbed_step``, ``gate_activations`` and ``recurrent_matrices``; this module has
+no per-class code. Every cell run by a :class:`rnnjax.nn.Recurrent` layer is covered
+(the layer hands its time loop to the probe of :func:`rnnjax.nn.layers.probing`); a
+cell called step by step by a decoder is not. The probe runs the plain step loop: the
+fused LSTM/GRU loops compute the same function, so the numbers are those of the model.
 
 ``diagnose_workdir`` (``rnnjax diagnose --workdir runs/x``) writes
 ``workdir/diagnostics.json`` and ``workdir/plots/grad_flow.png``;
@@ -31,10 +33,9 @@ import time and never changes a model's parameters.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +44,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.nn.cells import ElmanCell, GRUCell, LSTMCell, RecurrentCell
-from rnnjax.nn.lru import LRUCell
-from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell
+from rnnjax.nn.cell import RecurrentCell
+from rnnjax.nn.layers import Probe, probing
 from rnnjax.nn.scan import masked_scan
-from rnnjax.nn.types import Array, LRUState, LSTMState
+from rnnjax.nn.types import Array
 from rnnjax.train.hooks import Hook
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
@@ -76,141 +76,49 @@ def _natural(name: str):
     return [int(p) if p.isdigit() else p for p in name.split(".")]
 
 
-def _gates_lstm(cell: LSTMCell, h, xp) -> dict[str, tuple[str, Array]]:
-    H = cell.hidden_features
-    gates = xp + h @ cell._p("w_hh")
-    s = jax.nn.sigmoid(gates)
-    return {"i": ("sigmoid", s[:, :H]), "f": ("sigmoid", s[:, H:2 * H]),
-            "g": ("tanh", jnp.tanh(gates[:, 2 * H:3 * H])), "o": ("sigmoid", s[:, 3 * H:])}
+class _GradProbe(Probe):
+    """Runs each layer's cell as the plain step loop with ``ε_t`` added to its state.
 
-
-def _gates_gru(cell: GRUCell, h, xp) -> dict[str, tuple[str, Array]]:
-    H = cell.hidden_features
-    w_hh = cell._p("w_hh")
-    rz = jax.nn.sigmoid(xp[:, :2 * H] + h @ w_hh[:, :2 * H])
-    r, z = rz[:, :H], rz[:, H:]
-    if cell.reset_before:
-        n = jnp.tanh(xp[:, 2 * H:] + (r * h) @ w_hh[:, 2 * H:])
-    else:
-        n = jnp.tanh(xp[:, 2 * H:] + r * (h @ w_hh[:, 2 * H:] + cell._p("b_hh")[2 * H:]))
-    return {"r": ("sigmoid", r), "z": ("sigmoid", z), "n": ("tanh", n)}
-
-
-def _gates_elman(cell: ElmanCell, h, xp) -> dict[str, tuple[str, Array]]:
-    if cell.activation != "tanh":
-        return {}
-    return {"h": ("tanh", jnp.tanh(xp + h @ cell._p("w_hh")))}
-
-
-def _gates_min_gru(cell: MinGRUCell, h, xp) -> dict[str, tuple[str, Array]]:
-    return {"z": ("sigmoid", jax.nn.sigmoid(xp[:, :cell.hidden_features]))}
-
-
-def _gates_min_lstm(cell: MinLSTMCell, h, xp) -> dict[str, tuple[str, Array]]:
-    H = cell.hidden_features
-    s = jax.nn.sigmoid(xp[:, :2 * H])
-    return {"f": ("sigmoid", s[:, :H]), "i": ("sigmoid", s[:, H:])}
-
-
-#: Cell class -> (gate names of the ``w_hh`` blocks, gate activations from ``(h, xp)``).
-#: Looked up along the class's MRO, so a subclass inherits its parent's entry.
-GATES: dict[type, tuple[tuple[str, ...], Callable]] = {
-    LSTMCell: (("i", "f", "g", "o"), _gates_lstm),
-    GRUCell: (("r", "z", "n"), _gates_gru),
-    ElmanCell: (("h",), _gates_elman),
-    MinGRUCell: ((), _gates_min_gru),
-    MinLSTMCell: ((), _gates_min_lstm),
-}
-
-
-def _gate_entry(cell) -> tuple[tuple[str, ...], Callable | None]:
-    for cls in type(cell).__mro__:
-        if cls in GATES:
-            return GATES[cls]
-    names = tuple(f"block{k}" for k in range(cell.num_gates)) if hasattr(cell, "w_hh") else ()
-    return names, None
-
-
-def _carry_h(carry):
-    if isinstance(carry, LSTMState):
-        return carry.h
-    if isinstance(carry, jax.Array) or hasattr(carry, "shape"):
-        return carry
-    raise ValueError(f"diagnostics: cannot find the hidden state in a carry of type "
-                     f"{type(carry).__name__}; add it to rnnjax.diagnostics._carry_h")
-
-
-def _state_width(cell: RecurrentCell) -> int:
-    """Width of the state the hook perturbs: ``h`` (H), or the LRU's ``[Re s, Im s]`` (2H)."""
-    return 2 * cell.hidden_features if isinstance(cell, LRUCell) else cell.hidden_features
-
-
-def _perturb(cell: RecurrentCell, carry, y: Array, e: Array, xp: Array):
-    """``(carry, y)`` of one step with ``e`` added to the state that flows to the next step
-    and to this step's output."""
-    if isinstance(cell, LRUCell):
-        H = cell.hidden_features
-        re, im = carry.re + e[:, :H], carry.im + e[:, H:]
-        y = cell.readout(re, im, xp)
-        return LRUState(y.astype(carry.h.dtype), re, im), y
-    if isinstance(carry, LSTMState):
-        return carry._replace(h=carry.h + e), y + e
-    return carry + e, y + e
-
-
-# ---------------------------------------------------------------------------
-# The hook: the plain step loop with ε added to h_t, recording gates.
-# ---------------------------------------------------------------------------
-@contextlib.contextmanager
-def _instrumented(model: nnx.Module, hook: dict) -> Iterator[None]:
-    """Within the block, each cell's scan adds ``hook["eps"][name]`` ``(T, B, H)`` to ``h_t``.
-
-    The cells are patched outside any trace (NNX forbids mutating a module from
-    inside one); ``hook`` is read at call time, so a traced function sets
-    ``hook["eps"]`` and ``hook["record"]`` and then calls the model.
-    ``hook["record"][name]`` receives ``{"shape": (T, B, H), "mask": (T, B) | None,
-    "gates": {gate: (kind, (T, B, H))}}``. A cell called twice gets ``name#2``.
+    Every :class:`rnnjax.nn.Recurrent` layer traced inside ``probing(probe)`` calls
+    :meth:`scan` instead of ``cell.scan_projected`` (the cell protocol's diagnostics
+    hook): ``masked_scan`` over ``cell.perturbed_step`` with ``eps[name]`` ``(T, B, S)``
+    (zeros when not given), recording ``cell.gate_activations`` along the way. The
+    fused LSTM/GRU loops compute the same function as the step loop, so the numbers
+    are those of the model. ``record[name]`` receives ``{"shape": (T, B, S), "mask":
+    (T, B) | None, "cell": class name, "gates": {gate: (kind, (T, B, H))}}``. A cell
+    called twice gets ``name#2``.
     """
-    cells = recurrent_cells(model)
 
-    def make(name: str, cell: RecurrentCell):
-        gate_fn = _gate_entry(cell)[1]
+    def __init__(self, model: nnx.Module, eps: dict[str, Array] | None = None):
+        self.names = {id(cell): name for name, cell in recurrent_cells(model)}
+        self.eps = eps or {}
+        self.record: dict[str, dict] = {}
+        self.calls: dict[str, int] = {}
 
-        def scan_projected(carry, xp, mask=None, *, reverse=False, unroll=1):
-            calls, record = hook["calls"], hook["record"]
-            calls[name] = calls.get(name, 0) + 1
-            key = name if calls[name] == 1 else f"{name}#{calls[name]}"
-            T, B = xp.shape[:2]
-            H = _state_width(cell)
-            e = (hook.get("eps") or {}).get(key)
-            if e is None:
-                e = jnp.zeros((T, B, H), xp.dtype)
+    def scan(self, cell, carry, xp, mask, *, reverse, unroll):
+        name = self.names.get(id(cell), type(cell).__name__)
+        self.calls[name] = self.calls.get(name, 0) + 1
+        key = name if self.calls[name] == 1 else f"{name}#{self.calls[name]}"
+        T, B = xp.shape[:2]
+        S = cell.state_width
+        e = self.eps.get(key)
+        if e is None:
+            e = jnp.zeros((T, B, S), xp.dtype)
 
-            def step(c, inp):
-                xp_t, e_t = inp
-                gates = gate_fn(cell, _carry_h(c), xp_t) if gate_fn else {}
-                new_c, y = _perturb(cell, *cell.step_projected(c, xp_t), e_t, xp_t)
-                return new_c, (y, {k: a for k, (_, a) in gates.items()})
+        def step(c, inp):
+            xp_t, e_t = inp
+            gates = cell.gate_activations(c, xp_t)
+            new_c, y = cell.perturbed_step(c, xp_t, e_t)
+            return new_c, (y, {k: a for k, (_, a) in gates.items()})
 
-            final, (ys, gates) = masked_scan(step, carry, (xp, e), mask, reverse=reverse,
-                                             unroll=unroll)
-            kinds = {k: kind for k, (kind, _) in
-                     (gate_fn(cell, _carry_h(carry), xp[0]) if gate_fn else {}).items()}
-            record[key] = {"shape": (T, B, H), "mask": mask, "cell": type(cell).__name__,
-                           "gates": {k: (kinds[k], v) for k, v in gates.items()}}
-            return final, ys
-
-        return scan_projected
-
-    try:
-        for name, cell in cells:
-            # Instance attribute shadows the class method for this cell only.
-            cell.scan_projected = make(name, cell)
-        yield
-    finally:
-        for _, cell in cells:
-            if "scan_projected" in vars(cell):
-                del cell.scan_projected
+        final, (ys, gates) = masked_scan(step, carry, (xp, e), mask, reverse=reverse,
+                                         unroll=unroll)
+        # The kinds are static strings: read them from one step outside the loop (its
+        # arrays are dead code that XLA drops).
+        kinds = {k: kind for k, (kind, _) in cell.gate_activations(carry, xp[0]).items()}
+        self.record[key] = {"shape": (T, B, S), "mask": mask, "cell": type(cell).__name__,
+                            "gates": {k: (kinds[k], v) for k, v in gates.items()}}
+        return final, ys
 
 
 # ---------------------------------------------------------------------------
@@ -223,26 +131,25 @@ def hidden_grads(model: nnx.Module, loss_fn: Callable[[nnx.Module], Array]
     ``record[cell]`` holds ``shape``, ``cell`` (class name), ``mask`` ``(T, B)`` or
     None, and ``gates`` ``{gate: (kind, (T, B, H))}``.
     """
-    hook: dict[str, Any] = {"eps": None, "record": {}, "calls": {}}
-
     def perturbed(eps):
-        hook.update(eps=eps, record={}, calls={})
-        loss = loss_fn(model)
+        probe = _GradProbe(model, eps)
+        with probing(probe):
+            loss = loss_fn(model)
         arrays = {k: {"mask": r["mask"], "gates": {g: a for g, (_, a) in r["gates"].items()}}
-                  for k, r in hook["record"].items()}
+                  for k, r in probe.record.items()}
         return loss, arrays
 
-    with _instrumented(model, hook):
-        jax.eval_shape(lambda: loss_fn(model))  # finds the cells and their (T, B, H)
-        static = hook["record"]
-        if not static:
-            raise ValueError("diagnostics: the model ran no recurrent cell through "
-                             "scan_projected; nothing to measure")
-        zeros = {k: jnp.zeros(r["shape"], jnp.float32) for k, r in static.items()}
-        # jit: eager dispatch of a scan's backward pass is slow. The model's arrays
-        # are closed over (constants of this one call), only eps is an argument.
-        (loss, arrays), grads = jax.jit(jax.value_and_grad(perturbed, has_aux=True))(zeros)
-        hook.update(eps=None, record={}, calls={})
+    shapes = _GradProbe(model)
+    with probing(shapes):
+        jax.eval_shape(lambda: loss_fn(model))  # finds the cells and their (T, B, S)
+    static = shapes.record
+    if not static:
+        raise ValueError("diagnostics: the model ran no recurrent cell through a Recurrent "
+                         "layer's time loop; nothing to measure")
+    zeros = {k: jnp.zeros(r["shape"], jnp.float32) for k, r in static.items()}
+    # jit: eager dispatch of a scan's backward pass is slow. The model's arrays are
+    # closed over (constants of this one call), only eps is an argument.
+    (loss, arrays), grads = jax.jit(jax.value_and_grad(perturbed, has_aux=True))(zeros)
     record = {k: {"shape": r["shape"], "cell": r["cell"], "mask": arrays[k]["mask"],
                   "gates": {g: (kind, arrays[k]["gates"][g])
                             for g, (kind, _) in r["gates"].items()}}
@@ -284,20 +191,19 @@ def gate_saturation(record: dict[str, dict]) -> dict[str, dict[str, dict[str, fl
 
 
 def spectral_radii(model: nnx.Module) -> dict[str, dict[str, float]]:
-    """``{cell: {gate: max |eig(W_hh block)|}}`` for cells with a recurrent weight, and
-    ``{cell: {"lambda": max |λ|}}`` for the LRU (its recurrent matrix is ``diag(λ)``)."""
+    """``{cell: {name: max |eig(M)|}}`` for each matrix ``M`` of ``cell.recurrent_matrices()``
+    (the ``(H, H)`` gate blocks of ``w_hh``; ``{"lambda": diag(λ)}`` for the LRU). Cells
+    with no recurrent matrix (min cells) are left out."""
     out = {}
     for name, cell in recurrent_cells(model):
-        if isinstance(cell, LRUCell):
-            out[name] = {"lambda": float(np.max(np.abs(np.asarray(cell.eigenvalues()))))}
+        mats = cell.recurrent_matrices()
+        if not mats:
             continue
-        if not hasattr(cell, "w_hh"):
-            continue
-        w = np.asarray(cell.w_hh[...], np.float64)  # (H, G*H)
-        H = cell.hidden_features
-        gates = _gate_entry(cell)[0] or tuple(f"block{k}" for k in range(w.shape[1] // H))
-        out[name] = {g: float(np.max(np.abs(np.linalg.eigvals(w[:, k * H:(k + 1) * H]))))
-                     for k, g in enumerate(gates)}
+        out[name] = {}
+        for gate, m in mats.items():
+            m = np.asarray(m)
+            m = m.astype(np.complex128 if np.iscomplexobj(m) else np.float64)
+            out[name][gate] = float(np.max(np.abs(np.linalg.eigvals(m))))
     return out
 
 

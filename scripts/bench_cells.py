@@ -16,7 +16,7 @@ Implementations:
 * ``rnnjax``: ``Recurrent(LSTMCell | GRUCell)``, split once with ``nnx.split``, then
   ``jax.jit`` of a pure step over the state with ``donate_argnums``. On float32
   the cells dispatch to the fused custom-VJP loops of :mod:`rnnjax.nn.fused`.
-* ``rnnjax_plain`` (opt-in): the same, traced under ``fused.disabled()`` (plain
+* ``rnnjax_plain`` (opt-in): the same cells built with ``impl="scan"`` (plain
   ``lax.scan`` autodiff), to show what the fused loops buy.
 * ``torch``: ``nn.LSTM`` / ``nn.GRU`` (batch_first), ``torch.set_num_threads(2)``
   on CPU (``--torch-threads``), the same loss and SGD update. Skipped with a
@@ -24,7 +24,7 @@ Implementations:
 * ``linen``: ``flax.linen.RNN(OptimizedLSTMCell(H))`` / ``RNN(GRUCell(H))``.
 
 Allocator: by default glibc malloc is tuned (``rnnjax._malloc.tune_malloc``,
-PERF_NOTES item 3) before jax or torch is imported, so BOTH sides run under the
+docs/performance.md §3) before jax or torch is imported, so BOTH sides run under the
 same allocator settings; ``--malloc default`` leaves glibc alone. The JSON
 records which.
 
@@ -35,14 +35,13 @@ Usage::
     python scripts/bench_cells.py --quick               # tiny smoke run (~1 min)
     python scripts/bench_cells.py --impls rnnjax,rnnjax_plain,torch,linen
 
-It never changes library defaults: anything it switches (allocator, the fused
-path for ``rnnjax_plain``) it switches in its own process only.
+It never changes library defaults: anything it switches (the allocator) it switches
+in its own process only; ``rnnjax_plain`` is a cell argument (``impl="scan"``).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -110,8 +109,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import linen, nnx  # noqa: E402
 
-from rnnjax.nn import fused  # noqa: E402
-from rnnjax.nn.cells import GRUCell, LSTMCell  # noqa: E402
+from rnnjax.nn import GRUCell, LSTMCell  # noqa: E402
 from rnnjax.nn.layers import Recurrent  # noqa: E402
 
 try:
@@ -134,7 +132,7 @@ def _sgd(params, grads):
 class JaxImpl:
     """A jitted pure step ``state -> state`` (train) or ``params, x -> y`` (infer)."""
 
-    def __init__(self, name, apply, params, x, mode, trace_ctx=None):
+    def __init__(self, name, apply, params, x, mode):
         self.name, self.mode, self.x = name, mode, x
         if mode == "train":
             def train_step(params, x):
@@ -145,10 +143,8 @@ class JaxImpl:
         else:
             self.fn = jax.jit(apply)
         self.params = params
-        # jit traces on the first call: trace_ctx (if any) applies to that trace only.
-        t0 = time.perf_counter()
-        with trace_ctx or contextlib.nullcontext():
-            self.step()
+        t0 = time.perf_counter()  # the first call traces and compiles
+        self.step()
         self.first_call_s = time.perf_counter() - t0
 
     def step(self):
@@ -161,16 +157,14 @@ class JaxImpl:
 
 def make_rnnjax(cell, B, T, E, H, x, mode, variant="rnnjax"):
     Cell = LSTMCell if cell == "lstm" else GRUCell
-    model = Recurrent(Cell(E, H, rngs=nnx.Rngs(0)))
+    impl = "scan" if variant == "rnnjax_plain" else "auto"
+    model = Recurrent(Cell(E, H, impl=impl, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(model)
 
     def apply(state, x):
         return nnx.merge(graphdef, state)(x)
 
-    ctx = None
-    if variant == "rnnjax_plain":
-        ctx = fused.disabled()
-    return JaxImpl(variant, apply, state, x, mode, trace_ctx=ctx)
+    return JaxImpl(variant, apply, state, x, mode)
 
 
 def make_linen(cell, B, T, E, H, x, mode):
@@ -342,7 +336,6 @@ def main():
         "torch": None if torch is None else torch.__version__, "torch_device": tdev,
         "torch_threads": (torch.get_num_threads() if tdev == "cpu" else None),
         "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": MALLOC,
-        "fused_enabled": fused.enabled(),
         "loadavg_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
     log(f"jax {env['jax']} on {env['jax_backend']}; torch {env['torch']} on {tdev} "

@@ -26,7 +26,7 @@ call synchronised with ``block_until_ready``. Implementations (all
 
 The code is device-agnostic: the same command runs on CPU or GPU, and prints and
 records ``jax.devices()``. On CPU, glibc malloc is tuned first
-(``rnnjax._malloc.tune_malloc``, PERF_NOTES item 3) unless ``--malloc default``.
+(``rnnjax._malloc.tune_malloc``, docs/performance.md §3) unless ``--malloc default``.
 
 Usage::
 

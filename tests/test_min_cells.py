@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from rnnjax.diagnostics import diagnose, spectral_radii
 from rnnjax.nn import (
     MinGRUCell,
     MinLSTMCell,
@@ -242,3 +243,26 @@ def test_bad_configuration_raises():
     cell = MinGRUCell(E, H, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="features"):
         cell(cell.initialize_carry(2), jnp.zeros((2, E + 1)))
+
+
+@pytest.mark.parametrize("name,gates", [("min_gru", {"z": 0}), ("min_lstm", {"f": 0, "i": 1})])
+def test_diagnostics_reports_min_cell_gates_from_the_cell_hook(name, gates):
+    # gate_activations is the min cells' own: σ of the gate blocks of x W_ih + b_ih, which
+    # depend on x alone; padded steps are left out of the fractions.
+    rng = np.random.default_rng(20)
+    x = (4 * rng.normal(size=(B, T, E))).astype(np.float32)
+    model = make_rnn(name, E, H, rngs=nnx.Rngs(21))
+    cell = model.layers[0].cell
+    d = diagnose(model, lambda m: jnp.sum(m(jnp.asarray(x), seq_lengths=jnp.asarray(LENGTHS))))
+    sat = d["gate_saturation"]["0"]
+    assert set(sat) == set(gates) and spectral_radii(model) == {}
+    k = (x.astype(np.float64) @ np.asarray(cell.w_ih[...], np.float64)
+         + np.asarray(cell.b_ih[...], np.float64))  # (B, T, G*H)
+    valid = (np.arange(T)[None, :] < LENGTHS[:, None])[..., None]
+    n = valid.sum() * H
+    tol = 1.5 / n  # one activation on the threshold may round either way
+    for gate, block in gates.items():
+        s = np_sigmoid(k[..., block * H:(block + 1) * H])
+        assert sat[gate]["below"] == pytest.approx(float((valid * (s < 0.05)).sum() / n), abs=tol)
+        assert sat[gate]["above"] == pytest.approx(float((valid * (s > 0.95)).sum() / n), abs=tol)
+    assert sum(s["saturated"] for s in sat.values()) > 0

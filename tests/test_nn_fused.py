@@ -1,11 +1,12 @@
-"""The fused LSTM/GRU loops (rnnjax.nn.fused) against the plain masked scan.
+"""The fused LSTM/GRU loops (rnnjax.nn.lstm, rnnjax.nn.gru) against the plain masked scan.
 
 References: the cell's own step form under :func:`rnnjax.nn.scan.masked_scan` and
 ``jax.grad`` of it (a different code path: autodiff of a generic scan, no hand-written
 backward), float64 central finite differences, and ``jnp.tanh`` for the
 ``2*sigmoid(2x) - 1`` identity. Also checked: that float32 LSTM/GRU layers really
-dispatch to the fused loops and other configurations do not, ``disabled()`` for
-forward-mode autodiff, and the ValueErrors for bad shapes.
+dispatch to the fused loops and other configurations (and ``impl="scan"``) do not,
+``impl="scan"`` for forward-mode autodiff, ``impl="fused"`` where it cannot apply, and the
+ValueErrors for bad shapes.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rnnjax.nn import GRUCell, LSTMCell, LSTMState, Recurrent, fused, masked_scan
+from rnnjax.nn import GRUCell, LSTMCell, LSTMState, Recurrent, fused, make_rnn, masked_scan
+from rnnjax.nn.gru import gru_scan
+from rnnjax.nn.lstm import lstm_scan
 
 T, B, E, H = 6, 4, 3, 5
 # Ragged, and not only right padding: rows with holes, a row masked at t=0 and one
@@ -50,8 +53,8 @@ def random_inputs(kind, cell, seed=2, dtype=jnp.float32):
     return x, carry, w_y
 
 
-def run(kind, cell, fn, w_hh, xp, carry, mask, reverse):
-    """``fn='fused'`` calls rnnjax.nn.fused directly; ``'plain'`` the masked scan."""
+def run(kind, cell, fn, w_hh, xp, carry, mask, reverse, lanes=None):
+    """``fn='fused'`` calls the fused loop directly; ``'plain'`` the masked scan."""
     m = None if mask is None else jnp.asarray(mask)
     if fn == "plain":
         gd, st = nnx.split(cell)
@@ -59,14 +62,14 @@ def run(kind, cell, fn, w_hh, xp, carry, mask, reverse):
         step = nnx.merge(gd, st).step_projected
         return masked_scan(step, carry, xp, m, reverse=reverse)
     if kind == "lstm":
-        return fused.lstm_scan(w_hh, xp, carry, m, reverse=reverse)
+        return lstm_scan(w_hh, xp, carry, m, reverse=reverse, lanes=lanes)
     b_hn = cell.b_hh[...][2 * H:]
-    return fused.gru_scan(w_hh, b_hn, xp, carry, m, reverse=reverse)
+    return gru_scan(w_hh, b_hn, xp, carry, m, reverse=reverse, lanes=lanes)
 
 
-def loss_fn(kind, cell, fn, mask, reverse, w_y):
+def loss_fn(kind, cell, fn, mask, reverse, w_y, lanes=None):
     def loss(w_hh, xp, carry):
-        c, ys = run(kind, cell, fn, w_hh, xp, carry, mask, reverse)
+        c, ys = run(kind, cell, fn, w_hh, xp, carry, mask, reverse, lanes)
         # Weights on every output and on the final carry, so each cotangent path counts.
         return jnp.sum(ys * w_y) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(c))
 
@@ -124,15 +127,12 @@ def test_fused_gradients_match_float64_finite_differences(x64, kind):
 
 
 def _uses_fused(layer, x) -> bool:
-    """Whether the layer's time loop is a fused custom-VJP loop (the input projection,
-    also a custom VJP, is switched off here so that only the loop is seen)."""
-    graphdef, state = nnx.split(layer)
-    can_project = fused.can_project
-    fused.can_project = lambda *a: False
-    try:
-        jaxpr = jax.make_jaxpr(lambda s, x: nnx.merge(graphdef, s)(x))(state, x)
-    finally:
-        fused.can_project = can_project
+    """Whether the layer's time loop is a fused custom-VJP loop (only the loop is traced:
+    the input projection, also a custom VJP, is computed outside)."""
+    cell = layer.cell
+    xp = cell.project_inputs(jnp.swapaxes(x, 0, 1))
+    carry = cell.initialize_carry(x.shape[0], xp.dtype)
+    jaxpr = jax.make_jaxpr(lambda xp, c: cell.scan_projected(c, xp))(xp, carry)
     return "custom_vjp_call" in str(jaxpr)
 
 
@@ -150,11 +150,14 @@ def test_layers_dispatch_to_fused_and_agree_with_plain_path(kind):
         return jnp.sum(y ** 2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(c))
 
     l_f, g_f = jax.value_and_grad(loss)(params)
-    with fused.disabled():
-        assert not fused.enabled()
-        assert not _uses_fused(layer, x)
-        l_p, g_p = jax.value_and_grad(loss)(params)
-    assert fused.enabled()
+    scan_layer = Recurrent(make(kind, seed=6, impl="scan"), reverse=True, return_carry=True)
+    assert not _uses_fused(scan_layer, x)
+    scan_def, scan_params = nnx.split(scan_layer)
+    assert scan_def != graphdef  # impl is part of the cell's static structure
+    for a, b in zip(jax.tree.leaves(scan_params), jax.tree.leaves(params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same weights
+    graphdef = scan_def
+    l_p, g_p = jax.value_and_grad(loss)(scan_params)
     np.testing.assert_allclose(float(l_f), float(l_p), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
@@ -171,19 +174,19 @@ def test_other_configurations_use_the_plain_scan(kind, kw):
     assert not _uses_fused(layer, x)
 
 
-def test_disabled_allows_forward_mode_autodiff():
+def test_impl_scan_allows_forward_mode_autodiff():
     cell = make("lstm", seed=8)
+    scan_cell = make("lstm", seed=8, impl="scan")
     x, carry, _ = random_inputs("lstm", cell, seed=9)
     w_hh, xp = cell.w_hh[...], cell.project_inputs(x)
 
-    def f(w):
-        return cell.scan_projected(carry, xp + jnp.sum(w) * 0.1, jnp.asarray(MASK))[1]
+    def f(cell):
+        return lambda w: cell.scan_projected(carry, xp + jnp.sum(w) * 0.1, jnp.asarray(MASK))[1]
 
     with pytest.raises(TypeError):  # a custom VJP has no JVP rule
-        jax.jacfwd(f)(w_hh)
-    with fused.disabled():
-        fwd = jax.jacfwd(f)(w_hh)
-    rev = jax.jacrev(f)(w_hh)  # through the fused backward
+        jax.jacfwd(f(cell))(w_hh)
+    fwd = jax.jacfwd(f(scan_cell))(w_hh)
+    rev = jax.jacrev(f(cell))(w_hh)  # through the fused backward
     np.testing.assert_allclose(np.asarray(fwd), np.asarray(rev), atol=1e-5, rtol=0)
 
 
@@ -213,14 +216,14 @@ def test_project_matches_matmul_plus_bias_in_values_and_gradients():
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-4, rtol=1e-5)
 
 
-def test_lanes_give_the_same_numbers(monkeypatch):
+def test_lanes_give_the_same_numbers():
     # Row blocks of the batch run as independent chains in the loop body.
-    monkeypatch.setattr(fused, "LANES", 2)
     for kind in ("lstm", "gru"):
-        cell = make(kind, seed=11)
+        cell = make(kind, seed=11, lanes=2)
+        assert cell.lanes == 2
         x, carry, w_y = random_inputs(kind, cell, seed=12)
         args = (cell.w_hh[...], cell.project_inputs(x), carry)
-        loss = loss_fn(kind, cell, "fused", MASK, False, w_y)
+        loss = loss_fn(kind, cell, "fused", MASK, False, w_y, lanes=cell.lanes)
         l_f, g_f = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(*args)
         l_p, g_p = jax.value_and_grad(loss_fn(kind, cell, "plain", MASK, False, w_y),
                                       (0, 1, 2))(*args)
@@ -229,7 +232,7 @@ def test_lanes_give_the_same_numbers(monkeypatch):
             np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=0)
 
 
-def test_lanes_are_used_only_for_big_steps_on_cpu(monkeypatch):
+def test_lanes_are_used_only_for_big_steps_on_cpu():
     if jax.default_backend() != "cpu":
         pytest.skip("the lane rule is for XLA:CPU")
     assert fused.lanes_for(64, 256, 4) == 2  # M: 17M multiply-adds a step
@@ -237,8 +240,7 @@ def test_lanes_are_used_only_for_big_steps_on_cpu(monkeypatch):
     assert fused.lanes_for(32, 128, 4) == 1  # S
     assert fused.lanes_for(16, 64, 4) == 1  # L
     assert fused.lanes_for(24, 1024, 4) == 1  # would leave blocks of under 16 rows
-    monkeypatch.setattr(fused, "LANES", 3)
-    assert fused.lanes_for(6, 4, 4) == 3 and fused.lanes_for(5, 4, 4) == 1
+    assert fused.lanes_for(6, 4, 4, lanes=3) == 3 and fused.lanes_for(5, 4, 4, lanes=3) == 1
 
 
 def test_bad_shapes_raise_value_errors():
@@ -246,11 +248,78 @@ def test_bad_shapes_raise_value_errors():
     xp = jnp.zeros((T, B, 4 * H))
     carry = (jnp.zeros((B, H)), jnp.zeros((B, H)))
     with pytest.raises(ValueError, match="time-major"):
-        fused.lstm_scan(w, xp[0], carry)
+        lstm_scan(w, xp[0], carry)
     with pytest.raises(ValueError, match="4\\*H"):
-        fused.lstm_scan(w, jnp.zeros((T, B, 3 * H)), carry)
+        lstm_scan(w, jnp.zeros((T, B, 3 * H)), carry)
     with pytest.raises(ValueError, match="mask must be"):
-        fused.lstm_scan(w, xp, carry, jnp.ones((B, T), bool))
+        lstm_scan(w, xp, carry, jnp.ones((B, T), bool))
     with pytest.raises(ValueError, match="b_hn"):
-        fused.gru_scan(jnp.zeros((H, 3 * H)), jnp.zeros((H + 1,)), jnp.zeros((T, B, 3 * H)),
-                       jnp.zeros((B, H)))
+        gru_scan(jnp.zeros((H, 3 * H)), jnp.zeros((H + 1,)), jnp.zeros((T, B, 3 * H)),
+                 jnp.zeros((B, H)))
+
+
+# -- impl: "auto" | "fused" | "scan", a cell argument a config can set -----------------
+@pytest.mark.parametrize("reverse", DIR_CASES)
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_impl_fused_and_scan_give_the_same_values_and_gradients(kind, reverse):
+    x = jnp.asarray(np.random.default_rng(13).normal(size=(B, T, E)), jnp.float32)
+    lengths = jnp.asarray([6, 1, 4, 3])  # ragged
+    w_y = jnp.asarray(np.random.default_rng(14).normal(size=(B, T, H)), jnp.float32)
+    out = {}
+    for impl in ("fused", "scan"):
+        layer = Recurrent(make(kind, seed=15, impl=impl), reverse=reverse, return_carry=True)
+        assert _uses_fused(layer, x) == (impl == "fused")
+        graphdef, params = nnx.split(layer)
+
+        def loss(params, graphdef=graphdef):
+            c, y = nnx.merge(graphdef, params)(x, seq_lengths=lengths)
+            return jnp.sum(y * w_y) + sum(jnp.sum(jnp.sin(leaf)) for leaf in jax.tree.leaves(c))
+
+        out[impl] = jax.jit(jax.value_and_grad(loss))(params)
+    (l_f, g_f), (l_s, g_s) = out["fused"], out["scan"]
+    np.testing.assert_allclose(float(l_f), float(l_s), rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_s)):
+        assert np.max(np.abs(np.asarray(b))) > 1e-3
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_make_rnn_impl_scan_takes_the_scan_path_and_matches_fused(kind):
+    # What --config.model.cell_kwargs.impl=scan builds: make_rnn(..., impl="scan").
+    x = jnp.asarray(np.random.default_rng(16).normal(size=(B, T, E)), jnp.float32)
+    lengths = jnp.asarray([6, 2, 5, 3])
+    fused_rnn = make_rnn(kind, E, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(17))
+    scan_rnn = make_rnn(kind, E, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(17),
+                        impl="scan")
+    assert {layer.forward.cell.impl for layer in scan_rnn.layers} == {"scan"}
+    assert {layer.forward.cell.impl for layer in fused_rnn.layers} == {"auto"}
+    np.testing.assert_allclose(np.asarray(scan_rnn(x, seq_lengths=lengths)),
+                               np.asarray(fused_rnn(x, seq_lengths=lengths)), atol=1e-6, rtol=0)
+    v = jnp.asarray(np.random.default_rng(18).normal(size=x.shape), jnp.float32)
+    # Forward mode goes through the scan path (and not through the fused one) ...
+    y, dy = jax.jvp(lambda x: scan_rnn(x, seq_lengths=lengths), (x,), (v,))
+    with pytest.raises(TypeError):
+        jax.jvp(lambda x: fused_rnn(x, seq_lengths=lengths), (x,), (v,))
+    # ... and agrees with the fused path's reverse mode: <dy, u> = <v, J^T u>.
+    u = jnp.asarray(np.random.default_rng(19).normal(size=y.shape), jnp.float32)
+    _, vjp = jax.vjp(lambda x: fused_rnn(x, seq_lengths=lengths), x)
+    np.testing.assert_allclose(float(jnp.sum(dy * u)), float(jnp.sum(vjp(u)[0] * v)),
+                               rtol=1e-5)
+
+
+def test_impl_fused_where_it_cannot_apply_is_a_clear_error():
+    with pytest.raises(ValueError, match="impl='fused' cannot apply.*bfloat16.*impl='scan'"):
+        LSTMCell(E, H, dtype=jnp.bfloat16, impl="fused", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="impl='fused' cannot apply.*bfloat16"):
+        GRUCell(E, H, param_dtype=jnp.bfloat16, impl="fused", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="impl='fused' cannot apply.*reset_before=True"):
+        GRUCell(E, H, reset_before=True, impl="fused", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"unknown impl 'cuda'; known: \['auto', 'fused', 'scan'\]"):
+        make_rnn("lstm", E, H, impl="cuda", rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="lanes must be"):
+        LSTMCell(E, H, lanes=0, rngs=nnx.Rngs(0))
+    # A float32 cell asked for "fused" and fed float64 state at trace time says so too.
+    cell = LSTMCell(E, H, impl="fused", rngs=nnx.Rngs(0))
+    xp = jnp.zeros((T, B, 4 * H), jnp.float32)
+    with pytest.raises(ValueError, match="impl='fused' cannot apply.*one float32/float64 dtype"):
+        jax.eval_shape(lambda: cell.scan_projected(cell.initialize_carry(B, jnp.float16), xp))

@@ -1,29 +1,46 @@
-"""Recurrent building blocks: cells, time loops and layers (see :mod:`rnnjax.nn.types`)."""
+"""Recurrent building blocks: cells, time loops and layers (see :mod:`rnnjax.nn.types`).
 
-from rnnjax.nn.cells import (
-    CELLS,
-    ElmanCell,
-    GRUCell,
-    LSTMCell,
-    RecurrentCell,
-    make_cell,
-    per_gate,
-    register_cell,
-    torch_uniform,
-)
+The cell protocol and the registry are in :mod:`rnnjax.nn.cell`; each cell family is
+one module that registers itself (the registry imports them all before its first lookup).
+"""
+
+from rnnjax.nn.cell import CELLS, RecurrentCell, cell_options, known_cells, make_cell, register_cell
+from rnnjax.nn.elman import ElmanCell
+from rnnjax.nn.gated import GatedCell, per_gate, torch_uniform
+from rnnjax.nn.gru import GRUCell
 from rnnjax.nn.layers import Bidirectional, Recurrent, StackedRecurrent, make_rnn
+from rnnjax.nn.linear_scan import ScanMode, linear_scan, log_linear_scan
+from rnnjax.nn.lru import LRUCell
+from rnnjax.nn.lstm import LSTMCell
+from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell
 from rnnjax.nn.scan import lengths_to_mask, masked_scan
 from rnnjax.nn.types import LRUState, LSTMState
 
 __all__ = [
-    "CELLS", "ElmanCell", "GRUCell", "LSTMCell", "RecurrentCell", "make_cell", "per_gate",
-    "register_cell", "torch_uniform", "Bidirectional", "Recurrent", "StackedRecurrent",
-    "make_rnn", "lengths_to_mask", "masked_scan", "LSTMState", "LRUState",
+    "CELLS",
+    "Bidirectional",
+    "ElmanCell",
+    "GRUCell",
+    "GatedCell",
+    "LRUCell",
+    "LRUState",
+    "LSTMCell",
+    "LSTMState",
+    "MinGRUCell",
+    "MinLSTMCell",
+    "Recurrent",
+    "RecurrentCell",
+    "ScanMode",
+    "StackedRecurrent",
+    "cell_options",
+    "known_cells",
+    "lengths_to_mask",
+    "linear_scan",
+    "log_linear_scan",
+    "make_cell",
+    "make_rnn",
+    "masked_scan",
+    "per_gate",
+    "register_cell",
+    "torch_uniform",
 ]
-
-# Parallel-scan cells; importing min_cells and lru registers 'min_gru', 'min_lstm' and 'lru'.
-from rnnjax.nn.linear_scan import ScanMode, linear_scan, log_linear_scan  # noqa: E402
-from rnnjax.nn.lru import LRUCell  # noqa: E402
-from rnnjax.nn.min_cells import MinGRUCell, MinLSTMCell  # noqa: E402
-
-__all__ += ["ScanMode", "linear_scan", "log_linear_scan", "MinGRUCell", "MinLSTMCell", "LRUCell"]

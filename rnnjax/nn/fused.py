@@ -1,96 +1,72 @@
-"""Fused LSTM and GRU time loops with a hand-written backward pass (custom VJP).
+"""Generic machinery for fused time loops with a hand-written backward (custom VJP).
 
 What it is for: training speed on XLA:CPU (it is also faster on GPUs, where it
 was checked). ``jax.grad`` of a ``lax.scan`` stores every intermediate of every
-step and, in its reverse loop, computes ``dW_hh`` one small matmul per step. The
-functions here run the same recurrence as ``LSTMCell.step_projected`` /
-``GRUCell.step_projected`` under :func:`rnnjax.nn.scan.masked_scan`, but
+step and, in its reverse loop, computes ``dW_hh`` one small matmul per step. A
+fused loop (``rnnjax/nn/lstm.py`` and ``rnnjax/nn/gru.py`` hold theirs, next to
+the gate function they share with the cell's step) runs the same recurrence as
+the cell's ``step_projected`` under :func:`rnnjax.nn.scan.masked_scan`, but
 
-* the forward loop keeps only what the backward needs: the gate activations,
-  one ``(T, B, H)`` array per gate, and the carries;
-* the backward loop is a reverse ``lax.scan`` that carries only ``dh`` (and
-  ``dc``) and emits the gate gradients ``(T, B, G*H)``, which are ``dxp``;
-* ``dW_hh`` is then ONE ``(H, T*B) x (T*B, G*H)`` matmul after the loop.
+* its forward loop keeps only what the backward needs (the gate activations
+  and the carries);
+* its backward loop is a reverse ``lax.scan`` that carries only the state
+  gradients and emits the gate gradients ``(T, B, G*H)``, which are ``dxp``;
+* ``dW_hh`` is then ONE ``(H, T*B) x (T*B, G*H)`` matmul after the loop
+  (:func:`_outer_sum`).
 
-Layout choices, each measured (PERF_NOTES, and the "Why" comments below): one
-sigmoid covers all four LSTM gates (``tanh(x) = 2*sigmoid(2x) - 1``); no
-sigmoid/tanh runs in a fusion that slices one array at several offsets (XLA:CPU
-does not vectorise those, so the GRU uses three per-gate matmuls); big batches
-are cut into independent row blocks (:func:`lanes_for`) so that both cores work.
-:func:`project` is the input projection with a fast backward, for
-``project_inputs``.
+This module holds the pieces every such loop uses: the row-block loop
+:func:`_lane_scan` and its rule :func:`lanes_for`, :func:`_shift`,
+:func:`_outer_sum`, the shape check, and :func:`project`, the input projection
+with a fast backward. Layout choices are measured (``docs/performance.md`` §1,
+§4, §8, and the "Why" comments below).
 
-Inputs are time-major projected inputs ``xp`` ``(T, B, G*H)`` as produced by
-``cell.project_inputs``; the mask is ``(T, B)`` bool with the semantics of
-:func:`masked_scan` (masked steps keep the carry and output zero; ``reverse``
-starts each row at its own last valid step). Values match the plain path to
-float rounding (tests/test_nn_fused.py).
+Whether a cell uses a fused loop is the cell's ``impl`` argument (``"auto"`` |
+``"fused"`` | ``"scan"``), never a switch in here. ``custom_vjp`` has no
+forward-mode rule, so code that needs ``jax.jvp`` / ``jax.jacfwd`` through a
+recurrence builds its cells with ``impl="scan"``.
 
 This module must never import cells, layers or anything above ``rnnjax.nn``,
 and must never change what the plain path computes: it is an optimisation
-only. ``custom_vjp`` has no forward-mode rule, so code that needs ``jax.jvp`` /
-``jax.jacfwd`` through a recurrence traces it inside :func:`disabled`.
+only.
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from functools import partial
-
 import jax
 import jax.numpy as jnp
 
-from rnnjax.nn.types import Array, LSTMState
+from rnnjax.nn.types import Array
 
-# Dtypes the fused loops are used for. Others (bfloat16, float16) fall back to
-# the plain scan, whose autodiff keeps the dtype handling of the cell code.
-_FUSED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
-
-_state = threading.local()
-
-
-def enabled() -> bool:
-    """Whether cells dispatch to the fused loops (default True; per thread)."""
-    return getattr(_state, "enabled", True)
-
-
-def set_enabled(flag: bool) -> None:
-    """Switches the fused loops on or off for this thread (read at trace time)."""
-    _state.enabled = bool(flag)
-
-
-@contextlib.contextmanager
-def disabled():
-    """Context in which cells trace the plain :func:`masked_scan` path instead.
-
-    Use it for forward-mode autodiff (``jax.jvp``, ``jax.jacfwd``), which a
-    custom VJP does not support, or to measure the plain path. It acts when a
-    function is traced, so wrap the first call of a jitted function.
-    """
-    old = enabled()
-    set_enabled(False)
-    try:
-        yield
-    finally:
-        set_enabled(old)
+#: Dtypes the fused loops and the fused projection are used for. Others (bfloat16,
+#: float16) take the plain path, whose autodiff keeps the dtype handling of the cell code.
+FUSED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
 
 
 def can_fuse(xp: Array, w_hh: Array, carry) -> bool:
-    """True when the fused loop applies: enabled, and xp, W_hh and carry share a dtype
-    in float32/float64."""
-    if not enabled():
-        return False
+    """True when a fused loop applies: xp, W_hh and carry share a float32/float64 dtype."""
     dt = jnp.dtype(xp.dtype)
-    if dt not in _FUSED_DTYPES or jnp.dtype(w_hh.dtype) != dt:
+    if dt not in FUSED_DTYPES or jnp.dtype(w_hh.dtype) != dt:
         return False
     return all(jnp.dtype(leaf.dtype) == dt for leaf in jax.tree.leaves(carry))
 
 
 def can_project(x: Array, w: Array) -> bool:
-    """True when :func:`project` applies: enabled, and x and W share a float32/float64 dtype."""
+    """True when :func:`project` applies: x and W share a float32/float64 dtype."""
     dt = jnp.dtype(x.dtype)
-    return enabled() and dt in _FUSED_DTYPES and jnp.dtype(w.dtype) == dt
+    return dt in FUSED_DTYPES and jnp.dtype(w.dtype) == dt
+
+
+def dense_projection(x: Array, w: Array, b: Array, *, impl: str, where: str) -> Array:
+    """``x W + b`` by :func:`project` unless ``impl == "scan"`` (a plain matmul, which
+    forward-mode autodiff can go through). ``impl="auto"`` falls back to the plain
+    matmul where :func:`project` does not apply; ``impl="fused"`` raises there."""
+    if impl != "scan" and can_project(x, w):
+        return project(x, w, b)
+    if impl == "fused":
+        raise ValueError(
+            f"{where}: impl='fused' needs inputs and weights of one float32/float64 dtype, got "
+            f"{jnp.dtype(x.dtype)} and {jnp.dtype(w.dtype)}; use impl='auto' or impl='scan'")
+    return x @ w + b
 
 
 def _check(xp: Array, w_hh: Array, gates: int, mask: Array | None, where: str) -> None:
@@ -110,16 +86,16 @@ def _bmask(m: Array) -> Array:
     return m[:, None]
 
 
-#: Row blocks ("lanes") per loop body: None picks per shape (:func:`lanes_for`), an
-#: int forces that many (1: off). Read at trace time.
-LANES: int | None = None
 # Per-step multiply-adds from which lanes pay for their overhead on 2 cores.
 _LANE_MIN_MACS = 8_000_000
 _LANE_MIN_ROWS = 16
 
 
-def lanes_for(batch: int, hidden: int, gates: int) -> int:
+def lanes_for(batch: int, hidden: int, gates: int, lanes: int | None = None) -> int:
     """How many independent row blocks a loop body cuts the batch into.
+
+    ``lanes`` is the cell's ``lanes`` argument: an int forces that many blocks (1:
+    off; a count that does not divide the batch gives 1), None picks per shape.
 
     Why: the ops of one step depend on each other, so a step keeps at most one
     matmul and one fusion in flight. Cut into row blocks, the body holds one
@@ -132,13 +108,13 @@ def lanes_for(batch: int, hidden: int, gates: int) -> int:
     8M multiply-adds) blocks cost more than they gain. CPU backend only: on a
     GPU they would only add kernel launches.
     """
-    if LANES is not None:
-        return LANES if LANES > 1 and batch % LANES == 0 else 1
+    if lanes is not None:
+        return lanes if lanes > 1 and batch % lanes == 0 else 1
     if jax.default_backend() != "cpu" or batch * hidden * hidden * gates < _LANE_MIN_MACS:
         return 1
-    for lanes in ((4, 2) if gates == 3 else (2,)):
-        if batch % lanes == 0 and batch // lanes >= _LANE_MIN_ROWS:
-            return lanes
+    for n in ((4, 2) if gates == 3 else (2,)):
+        if batch % n == 0 and batch // n >= _LANE_MIN_ROWS:
+            return n
     return 1
 
 
@@ -228,237 +204,3 @@ def _project_bwd(res, g):
 
 
 project.defvjp(_project_fwd, _project_bwd)
-
-
-# ---------------------------------------------------------------------------
-# LSTM
-# ---------------------------------------------------------------------------
-def _lstm_gate_scale(H: int, dtype) -> Array:
-    """``(4H,)`` pre-activation scale ``[1, 1, 2, 1]`` per gate block (i, f, g, o).
-
-    Why: ``tanh(x) = 2*sigmoid(2x) - 1`` lets one sigmoid over the whole (B, 4H)
-    matrix serve all four gates; the factor 2 is exact in floating point, and the
-    result differs from tanh by a few float32 ulps of 1 (absolute).
-    """
-    return jnp.repeat(jnp.asarray([1, 1, 2, 1], dtype), H)
-
-
-def _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, keep):
-    """The forward loop. Returns ``((h, c), ys, residuals or None)``."""
-    H = w.shape[0]
-    scale = _lstm_gate_scale(H, xp.dtype)
-
-    def step(carry, inp):
-        h, c = carry
-        xp_t, m_t = inp
-        s = jax.nn.sigmoid((xp_t + h @ w) * scale)  # (B, 4H): i, f, (g+1)/2, o
-        i, f, gs, o = s[:, :H], s[:, H : 2 * H], s[:, 2 * H : 3 * H], s[:, 3 * H :]
-        c_new = f * c + i * (2 * gs - 1)
-        h_new = o * jnp.tanh(c_new)
-        if m_t is not None:
-            h_new = jnp.where(_bmask(m_t), h_new, h)
-            c_new = jnp.where(_bmask(m_t), c_new, c)
-        # The gates are kept as four (B, H) arrays: the backward then reads each
-        # whole instead of slicing one (B, 4H) array, 1.2-1.4x faster per step.
-        return (h_new, c_new), ((h_new, c_new, (i, f, gs, o)) if keep else h_new)
-
-    lanes = lanes_for(xp.shape[1], H, 4)
-    (h, c), out = _lane_scan(step, (h0, c0), (xp, mask), lanes=lanes, reverse=reverse,
-                             unroll=unroll)
-    hs = out[0] if keep else out  # (T, B, H) h carry after each step
-    ys = hs if mask is None else jnp.where(mask[..., None], hs, 0)
-    return (h, c), ys, (out if keep else None)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _lstm(reverse, unroll, w, xp, h0, c0, mask):
-    (h, c), ys, _ = _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, keep=False)
-    return (h, c), ys
-
-
-def _lstm_fwd(reverse, unroll, w, xp, h0, c0, mask):
-    (h, c), ys, (hs, cs, gates) = _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, keep=True)
-    return ((h, c), ys), (w, gates, hs, cs, h0, c0, mask)
-
-
-def _lstm_bwd(reverse, unroll, res, cts):
-    w, gates, hs, cs, h0, c0, mask = res
-    (dh_T, dc_T), dys = cts
-    T, B, H = hs.shape
-    h_in, c_in = _shift(hs, h0, reverse), _shift(cs, c0, reverse)
-    w_t = w.T
-
-    def step(carry, inp):
-        dh, dc = carry
-        (i, f, gs, o), c_t, cin_t, dy_t, m_t = inp
-        g = 2 * gs - 1
-        # The carried c equals the step's new c wherever the step is valid, and
-        # masked steps get no gate gradient, so tanh(c_t) serves and no tanh has
-        # to be recomputed from sliced gates.
-        tc = jnp.tanh(c_t)
-        dh_t = dh + dy_t
-        dc_t = dc
-        if m_t is not None:
-            dh_t = jnp.where(_bmask(m_t), dh_t, 0)
-            dc_t = jnp.where(_bmask(m_t), dc_t, 0)
-        dct = dc_t + dh_t * o * (1 - tc * tc)
-        # d pre-activation per gate; the g gate is 2*sigmoid(2x) - 1, whose
-        # derivative 4 gs (1 - gs) equals 1 - tanh(x)^2. (A concatenate beat a
-        # select-per-gate broadcast in this loop: 6.1 vs 9.3 ms at S.)
-        dgates = jnp.concatenate([
-            dct * g * i * (1 - i),
-            dct * cin_t * f * (1 - f),
-            dct * i * 4 * gs * (1 - gs),
-            dh_t * tc * o * (1 - o),
-        ], axis=-1)
-        dh_prev = dgates @ w_t
-        dc_prev = dct * f
-        if m_t is not None:
-            dh_prev = jnp.where(_bmask(m_t), dh_prev, dh)
-            dc_prev = jnp.where(_bmask(m_t), dc_prev, dc)
-        return (dh_prev, dc_prev), dgates
-
-    (dh0, dc0), dgates = _lane_scan(
-        step, (dh_T, dc_T), (gates, cs, c_in, dys, mask), lanes=lanes_for(B, H, 4),
-        reverse=not reverse, unroll=unroll,
-    )
-    return _outer_sum(h_in, dgates), dgates, dh0, dc0, None
-
-
-_lstm.defvjp(_lstm_fwd, _lstm_bwd)
-
-
-def lstm_scan(
-    w_hh: Array,
-    xp: Array,
-    carry,
-    mask: Array | None = None,
-    *,
-    reverse: bool = False,
-    unroll: int = 1,
-) -> tuple[LSTMState, Array]:
-    """Fused LSTM over time-major projected inputs.
-
-    Args:
-      w_hh: ``(H, 4H)`` recurrent kernel, gate order ``i, f, g, o``.
-      xp: ``(T, B, 4H)`` projected inputs (``x W_ih + b_ih + b_hh``).
-      carry: ``(h, c)``, each ``(B, H)``.
-      mask: ``(T, B)`` bool or None.
-      reverse, unroll: as in :func:`rnnjax.nn.scan.masked_scan`.
-
-    Returns:
-      ``(LSTMState(h, c), ys)`` with ``ys`` ``(T, B, H)``, zero where masked.
-    """
-    _check(xp, w_hh, 4, mask, "lstm_scan")
-    h0, c0 = carry
-    if mask is not None:
-        mask = mask.astype(bool)
-    (h, c), ys = _lstm(bool(reverse), int(unroll), w_hh, xp, h0, c0, mask)
-    return LSTMState(h, c), ys
-
-
-# ---------------------------------------------------------------------------
-# GRU (cuDNN form: the reset gate multiplies (h W_hn + b_hn))
-# ---------------------------------------------------------------------------
-def _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, keep):
-    """The forward loop. Returns ``(h, ys, residuals or None)``.
-
-    Why three (B, H) x (H, H) matmuls instead of one (B, H) x (H, 3H): on XLA:CPU
-    a fusion that slices a matmul output (or xp_t) at several offsets and applies
-    sigmoid/tanh is not vectorised; per-gate operands ran the S forward 2.7x faster.
-    """
-    H = w.shape[0]
-    w_r, w_z, w_n = w[:, :H], w[:, H : 2 * H], w[:, 2 * H :]
-    xs = (xp[..., :H], xp[..., H : 2 * H], xp[..., 2 * H :])
-
-    def step(h, inp):
-        (xr, xz, xn), m_t = inp
-        r = jax.nn.sigmoid(xr + h @ w_r)
-        z = jax.nn.sigmoid(xz + h @ w_z)
-        hn = h @ w_n + b_hn
-        n = jnp.tanh(xn + r * hn)
-        h_new = n + z * (h - n)
-        if m_t is not None:
-            h_new = jnp.where(_bmask(m_t), h_new, h)
-        return h_new, ((h_new, r, z, n, hn) if keep else h_new)
-
-    lanes = lanes_for(xp.shape[1], H, 3)
-    h, out = _lane_scan(step, h0, (xs, mask), lanes=lanes, reverse=reverse, unroll=unroll)
-    hs = out[0] if keep else out
-    ys = hs if mask is None else jnp.where(mask[..., None], hs, 0)
-    return h, ys, (out if keep else None)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _gru(reverse, unroll, w, b_hn, xp, h0, mask):
-    h, ys, _ = _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, keep=False)
-    return h, ys
-
-
-def _gru_fwd(reverse, unroll, w, b_hn, xp, h0, mask):
-    h, ys, out = _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, keep=True)
-    return (h, ys), (w, out, h0, mask)
-
-
-def _gru_bwd(reverse, unroll, res, cts):
-    w, (hs, r, z, n, hn), h0, mask = res
-    dh_T, dys = cts
-    T, B, H = hs.shape
-    h_in = _shift(hs, h0, reverse)
-    w_t = w.T
-
-    def step(dh, inp):
-        r, z, n, hn, h_prev, dy, m_t = inp
-        dh_t = dh + dy
-        if m_t is not None:
-            dh_t = jnp.where(_bmask(m_t), dh_t, 0)
-        dn = dh_t * (1 - z) * (1 - n * n)  # d n-pre-activation
-        dr = dn * hn * r * (1 - r)
-        dz = dh_t * (h_prev - n) * z * (1 - z)
-        dhh = jnp.concatenate([dr, dz, dn * r], axis=-1)  # d (h W_hh), (B, 3H)
-        dh_prev = dh_t * z + dhh @ w_t
-        if m_t is not None:
-            dh_prev = jnp.where(_bmask(m_t), dh_prev, dh)
-        return dh_prev, (dhh, dn)
-
-    dh0, (dhh, dn) = _lane_scan(
-        step, dh_T, (r, z, n, hn, h_in, dys, mask), lanes=lanes_for(B, H, 3),
-        reverse=not reverse, unroll=unroll,
-    )
-    db_hn = jnp.sum(dhh[..., 2 * H :], axis=(0, 1))
-    dxp = jnp.concatenate([dhh[..., : 2 * H], dn], axis=-1)
-    return _outer_sum(h_in, dhh), db_hn, dxp, dh0, None
-
-
-_gru.defvjp(_gru_fwd, _gru_bwd)
-
-
-def gru_scan(
-    w_hh: Array,
-    b_hn: Array,
-    xp: Array,
-    h0: Array,
-    mask: Array | None = None,
-    *,
-    reverse: bool = False,
-    unroll: int = 1,
-) -> tuple[Array, Array]:
-    """Fused GRU (cuDNN form, ``reset_before=False``) over time-major projected inputs.
-
-    Args:
-      w_hh: ``(H, 3H)`` recurrent kernel, gate order ``r, z, n``.
-      b_hn: ``(H,)`` the hidden bias of the n gate (inside ``r * (h W_hn + b_hn)``).
-      xp: ``(T, B, 3H)`` projected inputs (``x W_ih + b_ih + [b_hr, b_hz, 0]``).
-      h0: ``(B, H)`` initial carry.
-      mask: ``(T, B)`` bool or None.
-      reverse, unroll: as in :func:`rnnjax.nn.scan.masked_scan`.
-
-    Returns:
-      ``(h, ys)`` with ``ys`` ``(T, B, H)``, zero where masked.
-    """
-    _check(xp, w_hh, 3, mask, "gru_scan")
-    if b_hn.shape != (w_hh.shape[0],):
-        raise ValueError(f"gru_scan: b_hn must be (H,) = ({w_hh.shape[0]},), got {b_hn.shape}")
-    if mask is not None:
-        mask = mask.astype(bool)
-    return _gru(bool(reverse), int(unroll), w_hh, b_hn, xp, h0, mask)

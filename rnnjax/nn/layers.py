@@ -12,20 +12,56 @@
 Semantics match PyTorch's packed sequences: padded outputs are zero, the final
 carry is each row's carry at its own last valid step, and the reverse direction
 starts at each row's last valid step. Layers never import data or training code.
+
+Probes. While a :class:`Probe` is active (``with probing(probe):``, read when a
+layer is traced), every :class:`Recurrent` layer hands its time loop to
+``probe.scan(cell, carry, xp, mask, reverse=..., unroll=...)`` instead of calling
+``cell.scan_projected``. :mod:`rnnjax.diagnostics` uses it to run the plain step loop
+over the cell protocol's ``perturbed_step`` and record ``gate_activations`` in any
+model, whose code never passes the probe along. Why a context and not an
+argument: a model calls its layers with its own arguments; a probe is
+instrumentation for one measurement, not a modelling choice a config makes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.nn.cells import RecurrentCell, make_cell
+from rnnjax.nn.cell import RecurrentCell, make_cell
 from rnnjax.nn.scan import lengths_to_mask
 from rnnjax.nn.types import Array, Carry
+
+
+class Probe:
+    """Replaces the time loop of every :class:`Recurrent` layer while active (see the
+    module docstring). ``scan`` must return what ``cell.scan_projected`` would:
+    ``(final_carry, ys)`` with ``ys`` ``(T, B, H)``, zero where masked."""
+
+    def scan(self, cell: RecurrentCell, carry: Carry, xp: Array, mask: Array | None, *,
+             reverse: bool, unroll: int) -> tuple[Carry, Array]:
+        raise NotImplementedError
+
+
+_PROBE: contextvars.ContextVar[Probe | None] = contextvars.ContextVar("rnnjax_probe",
+                                                                    default=None)
+
+
+@contextlib.contextmanager
+def probing(probe: Probe) -> Iterator[Probe]:
+    """Within the block, :class:`Recurrent` layers traced or run call ``probe.scan``."""
+    token = _PROBE.set(probe)
+    try:
+        yield probe
+    finally:
+        _PROBE.reset(token)
 
 
 def _is_concrete(a) -> bool:
@@ -161,7 +197,7 @@ class Recurrent(nnx.Module):
         mask_tb = prepare_mask(x.shape, seq_lengths=seq_lengths, mask=mask,
                                time_major=self.time_major, where=where)
         # Time-major before the projection: each step's slice of xp is then
-        # contiguous (PERF_NOTES 2), and lax.scan slices the leading axis.
+        # contiguous (docs/performance.md §2), and lax.scan slices the leading axis.
         x_tm = x if self.time_major else jnp.swapaxes(x, 0, 1)  # (T, B, E)
         B = x_tm.shape[1]
         if initial_carry is None:
@@ -176,8 +212,9 @@ class Recurrent(nnx.Module):
                     raise ValueError(f"{where}: initial_carry leaves must be (B, H) = "
                                      f"({B}, {self.cell.hidden_features}), got {leaf.shape}")
         xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps
-        carry, ys = self.cell.scan_projected(initial_carry, xp, mask_tb,
-                                             reverse=self.reverse, unroll=self.unroll)
+        probe = _PROBE.get()
+        scan = self.cell.scan_projected if probe is None else partial(probe.scan, self.cell)
+        carry, ys = scan(initial_carry, xp, mask_tb, reverse=self.reverse, unroll=self.unroll)
         y = ys if self.time_major else jnp.swapaxes(ys, 0, 1)
         rc = self.return_carry if return_carry is None else return_carry
         return (carry, y) if rc else y
@@ -313,8 +350,8 @@ def make_rnn(
 ) -> StackedRecurrent:
     """Builds a stack like ``torch.nn.LSTM(in, hidden, num_layers, bidirectional=...)``.
 
-    ``cell`` is a config name from :data:`rnnjax.nn.cells.CELLS` (``lstm``, ``gru``,
-    ``rnn_tanh``, ...). Returns a :class:`StackedRecurrent` whose layers are
+    ``cell`` is a registered cell name (:func:`rnnjax.nn.cell.known_cells`: ``lstm``,
+    ``gru``, ``rnn_tanh``, ...); ``cell_kwargs`` go to the cell (e.g. ``impl="scan"``). Returns a :class:`StackedRecurrent` whose layers are
     :class:`Recurrent` or :class:`Bidirectional`.
     """
     if num_layers < 1:

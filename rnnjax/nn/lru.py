@@ -61,7 +61,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.nn.cells import RecurrentCell, register_cell
+from rnnjax.nn import fused
+from rnnjax.nn.cell import RecurrentCell, check_impl, register_cell
 from rnnjax.nn.linear_scan import ScanMode, linear_scan
 from rnnjax.nn.types import Array, LRUState
 
@@ -96,6 +97,8 @@ class LRUCell(RecurrentCell):
       activation: ``'gelu'`` (default) or ``'none'`` on the output (see the module docstring).
       scan_mode: ``'associative'`` (parallel over time, the default) or ``'sequential'``
         for :meth:`scan_projected`; both give the same numbers up to float32 rounding.
+      impl: ``"auto"`` | ``"fused"`` | ``"scan"`` for the input projection, as
+        :class:`rnnjax.nn.MinGRUCell`.
       dtype, param_dtype: as for every cell; the recurrence runs in complex64 (complex128
         for float64 inputs) whatever ``dtype``.
     """
@@ -115,15 +118,12 @@ class LRUCell(RecurrentCell):
         max_phase: float = 2 * math.pi,
         activation: str = "gelu",
         scan_mode: ScanMode | str = ScanMode.ASSOCIATIVE,
+        impl: str = "auto",
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        # Not RecurrentCell.__init__: it would create w_hh/b_ih/b_hh, which the LRU lacks.
-        nnx.Module.__init__(self)
-        if in_features < 1 or hidden_features < 1:
-            raise ValueError(f"LRUCell: in_features and hidden_features must be >= 1, got "
-                             f"{in_features} and {hidden_features}")
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         if not 0.0 <= r_min < r_max <= 1.0:
             raise ValueError(f"LRUCell: need 0 <= r_min < r_max <= 1 (eigenvalue moduli), got "
                              f"r_min={r_min}, r_max={r_max}")
@@ -136,13 +136,13 @@ class LRUCell(RecurrentCell):
         if scan_mode is ScanMode.LOG_SPACE:
             raise ValueError("LRUCell: scan_mode='log_space' needs positive real coefficients; "
                              "the LRU's are complex. Use 'associative' or 'sequential'")
-        self.in_features = in_features
-        self.hidden_features = hidden_features
+        compute = jnp.dtype(dtype or param_dtype)
+        self.impl = check_impl("LRUCell", impl, unfusable=None if compute in fused.FUSED_DTYPES
+                               else f"the fused projection runs in float32 or float64, this "
+                               f"cell computes in {compute}")
         self.r_min, self.r_max, self.max_phase = float(r_min), float(r_max), float(max_phase)
         self.scan_mode = scan_mode
         self.activation = activation
-        self.dtype = dtype
-        self.param_dtype = param_dtype
         E, H = in_features, hidden_features
         nu_log, theta_log = ring_init(rngs.params(), H, r_min, r_max, max_phase, param_dtype)
         self.nu_log = nnx.Param(nu_log)
@@ -167,8 +167,14 @@ class LRUCell(RecurrentCell):
         ct = jnp.promote_types(nu_log.dtype, jnp.float32)
         return jnp.exp(-jnp.exp(nu_log.astype(ct)) + 1j * jnp.exp(theta_log.astype(ct)))
 
-    def _projection_bias(self) -> Array:
-        return jnp.zeros((3 * self.hidden_features,), self._p("w_ih").dtype)
+    def project_inputs(self, x: Array) -> Array:
+        """``(..., E) -> (..., 3H)``: ``x W_ih`` (no bias), by the fused projection
+        (:func:`rnnjax.nn.fused.project`, a fast backward) unless ``impl="scan"``."""
+        self.check_features(x)
+        w = self._p("w_ih")
+        return fused.dense_projection(self._cast(x), w,
+                                      jnp.zeros((3 * self.hidden_features,), w.dtype),
+                                      impl=self.impl, where="LRUCell")
 
     def _coefficients(self, xp: Array, cdtype) -> tuple[Array, Array, Array]:
         """``(λ (H,), γ ⊙ B x (..., H) complex, D x (..., H))`` from ``xp`` ``(..., 3H)``."""
@@ -178,13 +184,6 @@ class LRUCell(RecurrentCell):
         gamma = jnp.exp(self.gamma_log[...].astype(ct))
         bx = (gamma * xp[..., :H] + 1j * (gamma * xp[..., H : 2 * H])).astype(cdtype)
         return self.eigenvalues().astype(cdtype), bx, xp[..., 2 * H :]
-
-    def readout(self, re: Array, im: Array, xp: Array) -> Array:
-        """The output ``y`` for a state ``re + i im`` and projected inputs ``xp`` ``(..., 3H)``:
-        what :meth:`step_projected` returns as ``y`` (used to perturb the state in
-        :mod:`rnnjax.diagnostics`)."""
-        dx = xp[..., 2 * self.hidden_features :].astype(re.dtype)
-        return self._readout(re, im, dx).astype(xp.dtype)
 
     def _readout(self, re: Array, im: Array, dx: Array) -> Array:
         """``y = act(Re(C s) + D x)``."""
@@ -236,6 +235,26 @@ class LRUCell(RecurrentCell):
     def initialize_carry(self, batch_shape, dtype=None):
         z = self._zeros(batch_shape, dtype)
         return LRUState(z, z, z)
+
+    # -- diagnostics hooks --------------------------------------------------------
+    @property
+    def state_width(self) -> int:
+        """2H: gradient through time is measured on the complex state ``[Re s, Im s]``."""
+        return 2 * self.hidden_features
+
+    def perturbed_step(self, carry, xp_t, eps):
+        """The step with ``eps`` ``(B, 2H)`` added to ``[Re s_t, Im s_t]``; the output
+        ``y_t`` is read from the perturbed state, so the perturbation reaches it too."""
+        carry, _ = self.step_projected(carry, xp_t)
+        H = self.hidden_features
+        re, im = carry.re + eps[:, :H], carry.im + eps[:, H:]
+        dx = xp_t[..., 2 * H :].astype(re.dtype)
+        y = self._readout(re, im, dx).astype(xp_t.dtype)
+        return LRUState(y.astype(carry.h.dtype), re, im), y
+
+    def recurrent_matrices(self):
+        """``{"lambda": diag(λ)}``: the recurrent matrix, whose spectral radius is max |λ|."""
+        return {"lambda": jnp.diag(self.eigenvalues())}
 
 
 register_cell("lru", LRUCell)

@@ -40,13 +40,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.nn.cells import (
-    Initializer,
-    RecurrentCell,
-    default_bias_init,
-    default_kernel_init,
-    register_cell,
-)
+from rnnjax.nn import fused
+from rnnjax.nn.cell import RecurrentCell, check_impl, register_cell
+from rnnjax.nn.gated import Initializer, default_bias_init, default_kernel_init
 from rnnjax.nn.linear_scan import ScanMode, linear_scan, log_linear_scan
 from rnnjax.nn.types import Array
 
@@ -85,18 +81,15 @@ class _MinCell(RecurrentCell):
         *,
         log_space: bool = True,
         scan_mode: ScanMode | str = ScanMode.ASSOCIATIVE,
+        impl: str = "auto",
         kernel_init: Initializer = default_kernel_init,
         bias_init: Initializer = default_bias_init,
         dtype=None,
         param_dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        # Not RecurrentCell.__init__: it would create w_hh/b_hh, which these cells lack.
-        nnx.Module.__init__(self)
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         name = type(self).__name__
-        if in_features < 1 or hidden_features < 1:
-            raise ValueError(f"{name}: in_features and hidden_features must be >= 1, "
-                             f"got {in_features} and {hidden_features}")
         scan_mode = ScanMode.parse(scan_mode)
         if scan_mode is ScanMode.LOG_SPACE and not log_space:
             raise ValueError(
@@ -104,18 +97,22 @@ class _MinCell(RecurrentCell):
                 f"h~ can be negative and has no logarithm); use scan_mode='associative' or "
                 f"'sequential', or set log_space=True"
             )
-        self.in_features = in_features
-        self.hidden_features = hidden_features
+        compute = jnp.dtype(dtype or param_dtype)
+        self.impl = check_impl(name, impl, unfusable=None if compute in fused.FUSED_DTYPES else
+                               f"the fused projection runs in float32 or float64, this cell "
+                               f"computes in {compute}")
         self.log_space = log_space
         self.scan_mode = scan_mode
-        self.dtype = dtype
-        self.param_dtype = param_dtype
         gh = self.num_gates * hidden_features
         self.w_ih = nnx.Param(kernel_init(rngs.params(), (in_features, gh), param_dtype))
         self.b_ih = nnx.Param(bias_init(rngs.params(), (gh,), param_dtype))
 
-    def _projection_bias(self) -> Array:
-        return self._p("b_ih")
+    def project_inputs(self, x: Array) -> Array:
+        """``(..., E) -> (..., G*H)``: ``x W_ih + b_ih``, by the fused projection
+        (:func:`rnnjax.nn.fused.project`, a fast backward) unless ``impl="scan"``."""
+        self.check_features(x)
+        return fused.dense_projection(self._cast(x), self._p("w_ih"), self._p("b_ih"),
+                                      impl=self.impl, where=type(self).__name__)
 
     def _candidate(self, k_h: Array) -> Array:
         return g(k_h) if self.log_space else k_h
@@ -167,6 +164,9 @@ class MinGRUCell(_MinCell):
         the default because it is parallel over time yet accurate at any ``T``
         (LOG_SPACE's relative error grows with T: 7e-4 at T=4096 against 2.5e-7,
         see :mod:`rnnjax.nn.linear_scan`). On CPUs SEQUENTIAL is faster.
+      impl: ``"auto"`` | ``"fused"`` | ``"scan"`` for the input projection: the fused
+        projection (a custom VJP with a fast backward) or, with ``"scan"``, a plain
+        matmul that forward-mode autodiff can go through.
     """
 
     num_gates = 2
@@ -181,6 +181,9 @@ class MinGRUCell(_MinCell):
         k_z = xp[..., :H]
         # log(1 - σ(k)) = -softplus(k), log σ(k) = -softplus(-k): no 1 - z cancellation.
         return -jax.nn.softplus(k_z), -jax.nn.softplus(-k_z) + log_g(xp[..., H:])
+
+    def gate_activations(self, carry, xp_t):
+        return {"z": ("sigmoid", jax.nn.sigmoid(xp_t[:, : self.hidden_features]))}
 
 
 class MinLSTMCell(_MinCell):
@@ -204,6 +207,11 @@ class MinLSTMCell(_MinCell):
         # log f' = -softplus(log i - log f) with log σ(k) = -softplus(-k) (paper, App. B).
         diff = jax.nn.softplus(-xp[..., :H]) - jax.nn.softplus(-xp[..., H : 2 * H])
         return -jax.nn.softplus(diff), -jax.nn.softplus(-diff) + log_g(xp[..., 2 * H :])
+
+    def gate_activations(self, carry, xp_t):
+        s = jax.nn.sigmoid(xp_t[:, : 2 * self.hidden_features])
+        H = self.hidden_features
+        return {"f": ("sigmoid", s[:, :H]), "i": ("sigmoid", s[:, H:])}
 
 
 register_cell("min_gru", MinGRUCell)
