@@ -158,13 +158,18 @@ def test_corrupt_checkpoint_raises_with_advice(tmp_path, kind):
 
     ckpt = Checkpointer(tmp_path, keep=3)
     with pytest.raises(CheckpointError) as e:
-        ckpt.restore(_tree(0.0))
+        ckpt.restore(_tree(0.0), 2)  # asked for by step: an error that says what to do
     msg = str(e.value)
     assert "step 2" in msg and str(tmp_path) in msg
-    assert f"Delete {step_dir}" in msg and "[1]" in msg  # what to do, and what is left
-    # The earlier checkpoint is untouched and still restores.
-    state, meta = ckpt.restore(_tree(0.0), 1)
+    assert "earlier checkpoint [1]" in msg  # what to do, and what is left
+    assert "tensorstore_spec" not in msg and "\n" not in msg  # one line, no dump
+    # The newest readable one (step=None, what resume asks for): the damaged step is
+    # moved aside, never deleted, and the earlier checkpoint restores.
+    state, meta = ckpt.restore(_tree(0.0))
     assert meta == {"step": 1} and float(state["params"]["w"][0, 0]) == 1.0
+    assert not step_dir.exists()
+    (aside,) = tmp_path.glob("2.unreadable-*")
+    assert any(aside.rglob("*"))  # its files are all still there
     ckpt.close()
 
 

@@ -324,6 +324,19 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
     if not root.is_dir():
         raise FileNotFoundError(f"sweep root {str(root)!r} does not exist; run the study first "
                                 f"(`rnnjax sweep {study.path or study.name}`) or pass --root")
+    ran = root / "sweep.json"
+    if ran.exists():
+        try:
+            ran_arg = json.loads(ran.read_text()).get("arg")
+        except json.JSONDecodeError:
+            ran_arg = study.arg
+        if ran_arg != study.arg:
+            hint = (" Add --smoke." if "smoke" in str(ran_arg or "").split(",") and
+                    "smoke" not in str(study.arg or "").split(",") else "")
+            raise ValueError(
+                f"sweep root {root} holds the study run with arg {ran_arg!r}, not {study.arg!r}: "
+                f"a report of the other variant would overwrite its report with an empty "
+                f"table.{hint} Or pass the --root of the variant you mean.")
     trials = expand(study, root)
     results = [read_trial(t) for t in trials]
     rows = summarize(study, results)

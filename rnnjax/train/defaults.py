@@ -7,6 +7,8 @@ such as ``--config.optim.clip=value`` works everywhere.
 
 from __future__ import annotations
 
+import math
+
 import ml_collections
 
 
@@ -133,5 +135,7 @@ def validate(config) -> None:
     if dropout is not None and not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"model.dropout={dropout}: a dropout rate must be in [0, 1)")
     lr = _get(config, "optim.lr")
-    if lr is not None and not float(lr) > 0.0:
-        raise ValueError(f"optim.lr={lr}: the learning rate must be > 0")
+    # A negative lr (gradient ascent) is allowed on purpose: tests use it to make a run
+    # worse; zero and non-finite values are always mistakes.
+    if lr is not None and (float(lr) == 0.0 or not math.isfinite(float(lr))):
+        raise ValueError(f"optim.lr={lr}: the learning rate must be finite and non-zero")
