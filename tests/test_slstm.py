@@ -13,11 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rnnjax.nn import make_rnn
 from rnnjax.nn.slstm import (
+    SLSTMCell,
     SLSTMState,
+    _preactivations,
     multihead_layer_norm,
     slstm_sequence,
     slstm_step,
@@ -49,7 +53,8 @@ def slstm_from_torch(layer) -> dict[str, np.ndarray]:
     * the layer concatenates ``[fgate(x), igate(x), zgate(x), ogate(x)]`` as the cell's
       ``[i, f, z, o]``: the module named ``fgate`` feeds the input gate and ``igate`` the
       forget gate (names swapped in ``layer.py``; the maths is what counts);
-    * a ``LinearHeadwiseExpand`` weight is ``(N, out/N, in/N)``: ``y[n, o] = sum_d x[n, d] w[n, o, d]``;
+    * a ``LinearHeadwiseExpand`` weight is ``(N, out/N, in/N)``:
+      ``y[n, o] = sum_d x[n, d] w[n, o, d]``;
     * the vanilla cell stores ``_recurrent_kernel_`` ``(N, 4*DH, DH)`` as ``[n, g*DH + e, a]``
       (unit ``a`` of ``h`` to unit ``e`` of gate ``g``) and ``_bias_`` gate-major ``(4*N*DH,)``.
     """
@@ -146,7 +151,8 @@ def test_heads_are_independent():
 
 
 # The torch fixture only pins threads and the seed; sharing it across examples is fine.
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=6, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(T=st.integers(1, 12))
 def test_matches_xlstm_over_lengths(torch, T):
     layer = _xlstm_layer(torch, seed=T)
@@ -178,3 +184,98 @@ def test_gradients_match_float64_finite_differences(x64):
     # And from the zero state, through the first-step branch.
     check_grads(lambda wx_, r_: jnp.sum(slstm_sequence(wx_, r_)[0] * w), (wx, r), order=1,
                 modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# The cell (rnnjax.nn.slstm.SLSTMCell) on the protocol.
+# ---------------------------------------------------------------------------
+def test_cell_with_xlstm_weights_matches_the_layer(torch):
+    """The cell's own parameter layout, loaded through slstm_from_torch, runs the layer."""
+    layer = _xlstm_layer(torch, seed=3)
+    x = np.random.default_rng(8).standard_normal((2, 6, E)).astype(np.float32)
+    with torch.no_grad():
+        y_ref = layer(torch.tensor(x)).numpy()
+    p = slstm_from_torch(layer)
+    cell = SLSTMCell(E, E, num_heads=NH, rngs=nnx.Rngs(0))
+    for k in ("w", "b", "r"):
+        getattr(cell, {"w": "w_ih", "b": "b_ih", "r": "r"}[k])[...] = jnp.asarray(p[k])
+    x_tm = jnp.moveaxis(jnp.asarray(x), 1, 0)
+    _, ys = cell.scan_projected(cell.initialize_carry((2,)), cell.project_inputs(x_tm))
+    y = multihead_layer_norm(jnp.moveaxis(ys, 0, 1), jnp.asarray(p["norm"]), NH)
+    np.testing.assert_allclose(y, y_ref, atol=1e-5, rtol=0)
+
+
+def test_cell_padded_row_equals_row_run_alone():
+    rng = np.random.default_rng(9)
+    cell = SLSTMCell(3, 8, num_heads=2, rngs=nnx.Rngs(0))
+    T = 6
+    x = jnp.asarray(rng.standard_normal((T, 2, 3)), jnp.float32)
+    mask = jnp.arange(T)[:, None] < jnp.asarray([6, 3])[None, :]
+    for reverse in (False, True):
+        c, y = cell.scan_projected(cell.initialize_carry((2,)), cell.project_inputs(x), mask,
+                                   reverse=reverse)
+        c1, y1 = cell.scan_projected(cell.initialize_carry((1,)), cell.project_inputs(x[:3, 1:]),
+                                     reverse=reverse)
+        np.testing.assert_allclose(y[:3, 1:], y1, atol=1e-6)
+        assert np.all(np.asarray(y[3:, 1]) == 0)
+        for a, b in zip(c, c1):
+            np.testing.assert_allclose(a[1:], b, atol=1e-6)
+
+
+def test_cell_hooks():
+    rng = np.random.default_rng(10)
+    cell = SLSTMCell(3, 8, num_heads=2, rngs=nnx.Rngs(0))
+    carry = SLSTMState(*(jnp.asarray(rng.standard_normal((2, 8)), jnp.float32) for _ in range(2)),
+                       jnp.ones((2, 8)), jnp.zeros((2, 8)))
+    xp = cell.project_inputs(jnp.asarray(rng.standard_normal((2, 3)), jnp.float32))
+    mats = cell.recurrent_matrices()
+    # h @ R_g reproduces the einsum's recurrent term gate by gate.
+    got = jnp.concatenate([xp[:, k * 8:(k + 1) * 8] + carry.h @ mats[f"r_{g}"]
+                           for k, g in enumerate("ifzo")], axis=-1)
+    want = jnp.concatenate(_preactivations(carry.h, xp, cell.r[...]), axis=-1)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    gates = cell.gate_activations(carry, xp)
+    assert sorted(gates) == ["f", "o", "z"] and all(v[1].shape == (2, 8) for v in gates.values())
+
+
+def test_cell_in_a_bidirectional_stack():
+    rng = np.random.default_rng(11)
+    model = make_rnn("slstm", 3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
+                     num_heads=2)
+    x = jnp.asarray(rng.standard_normal((2, 5, 3)), jnp.float32)
+
+    def loss(m):
+        out = m(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return jnp.sum(out ** 2)
+
+    val, grads = nnx.value_and_grad(loss)(model)
+    assert np.isfinite(float(val))
+    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
+
+
+def test_adding_smoke_trains_with_slstm(tmp_path):
+    from rnnjax.configlib import load_config
+    from rnnjax.train.trainer import train_and_evaluate
+
+    cfg = load_config("configs/adding.py:smoke", ["model.cell=slstm"])
+    results = train_and_evaluate(cfg, tmp_path, progress=False)
+    finite = [v for v in jax.tree.leaves(results) if isinstance(v, float)]
+    assert finite and all(np.isfinite(finite)), results
+
+
+def test_cell_diagnostics_run_through_the_hooks():
+    from rnnjax.diagnostics import diagnose
+
+    model = make_rnn("slstm", 3, 8, num_layers=1, rngs=nnx.Rngs(0), num_heads=2)
+    x = jnp.asarray(np.random.default_rng(12).standard_normal((2, 6, 3)), jnp.float32)
+
+    def loss(m):
+        out = m(x)
+        out = out[0] if isinstance(out, tuple) else out
+        return jnp.mean(out[:, -1] ** 2)
+
+    d = diagnose(model, loss)
+    norms = np.asarray(d["grad_norms"]["0"])
+    assert norms.shape[0] == 6 and np.all(np.isfinite(norms)) and norms.max() > 0
+    assert set(d["gate_saturation"]["0"]) >= {"f", "o"}
