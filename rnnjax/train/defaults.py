@@ -60,6 +60,9 @@ def base_config() -> ml_collections.ConfigDict:
     t.tensorboard = True
     t.plots = True  # PNG curves in workdir/plots at the end
     t.diagnostics_every = 0  # gradient-flow diagnostics (0 = off)
+    # Batches a background thread prepares (drawn, stacked, transferred) ahead of the
+    # step that uses them; 0 draws each batch in the loop. Resume stays exact either way.
+    t.prefetch = 2
     return c
 
 
@@ -92,6 +95,7 @@ _BOUNDS: tuple[tuple[str, float, str], ...] = (
     ("train.keep_checkpoints", 1, "how many recent checkpoints to keep"),
     ("train.log_every", 1, "steps between logged train metrics"),
     ("train.diagnostics_every", 0, "steps between diagnostics (0 = off)"),
+    ("train.prefetch", 0, "batches prepared ahead (0 = none)"),
     ("model.hidden", 1, "the hidden size H"),
     ("model.num_layers", 1, "the number of recurrent layers"),
     ("model.embed_dim", 1, "the embedding size"),

@@ -100,6 +100,9 @@ class Progress:
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step",
                         dynamic_ncols=True, leave=True)
 
+    def set_loss(self, loss: float) -> None:
+        self.bar.set_postfix({"loss": f"{loss:.4g}"}, refresh=False)
+
     def update(self, n: int, **postfix) -> None:
         if postfix:
             self.bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v)

@@ -51,6 +51,7 @@ from rnnjax.train.defaults import validate
 from rnnjax.train.hooks import Hook
 from rnnjax.train.metrics import MetricWriter, Progress, latest_rows, plot_curves, read_metrics
 from rnnjax.train.optim import make_optimizer, make_schedule
+from rnnjax.train.prefetch import Prefetcher
 from rnnjax.train.state import TrainState, create_train_state
 from rnnjax.train.steps import evaluate, make_eval_step, make_train_step
 from rnnjax.train.workdir import Workdir, config_json
@@ -483,8 +484,8 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         pick = (lambda t: _member(t, m.index)) if vmapped else (lambda t: t)
         return nnx.merge(graphdef_eval, pick(state.params), pick(rng_states), pick(consts))
 
-    def save(m: _Member, step: int, eval_metrics: dict | None = None) -> None:
-        meta = {"step": step, "data_state": m.data.state_dict(), "seed": m.config.seed}
+    def save(m: _Member, step: int, data_state: dict, eval_metrics: dict | None = None) -> None:
+        meta = {"step": step, "data_state": data_state, "seed": m.config.seed}
         metrics = None
         if eval_metrics:
             metrics = {f"eval/{k}": v for k, v in eval_metrics.items()
@@ -503,30 +504,61 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         m.workdir.record_failure(m.failed, step=step, kind="non_finite",
                                  last_good_step=good)
 
-    # 4. The loop.
+    # 4. The loop. Steps are dispatched without waiting for the device: the metrics of
+    # each step stay on the device until a sync point (a log, eval, hook or checkpoint
+    # step, a stop, the last step) fetches them all, checks them step by step for
+    # non-finite values in order (so the first bad step is named), and logs. Nothing is
+    # saved before that check, so every checkpoint on disk holds finite parameters.
+    drawn = [start]
+
+    def produce():
+        drawn[0] += 1
+        raw = [next(m.data) for m in members]
+        batch = _stack_batches(raw, drawn[0]) if vmapped else raw[0]
+        return raw, put_batch(batch), [m.data.state_dict() for m in members]
+
     for m in members:
         m.writer = MetricWriter(m.workdir, tensorboard=tc.tensorboard)
     bar = Progress(total, initial=start, enabled=progress)
     t_last, steps_since = time.perf_counter(), 0
-    step = start
+    pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
+    prefetch = Prefetcher(produce, int(tc.get("prefetch", 0)))
+
+    def sync(step: int) -> dict | None:
+        """Fetches the pending metrics; returns the last step's host metrics (None if
+        every member has failed)."""
+        fetched = jax.device_get([mt for _, mt in pending])
+        last = None
+        for (s, _), mt in zip(pending, fetched):
+            for m in members:
+                if m.failed is None:
+                    row = {k: (v[m.index] if vmapped else v) for k, v in mt.items()}
+                    loss, finite = float(row["loss"]), bool(row["params_finite"])
+                    if not (math.isfinite(loss) and finite):
+                        diverged(m, s, loss, finite)
+            last = mt
+        pending.clear()
+        return last if any(m.failed is None for m in members) else None
+
     try:
         with _Stop() as stop:
             for step in range(start + 1, total + 1):
-                batches = [next(m.data) for m in members]
-                batch = _stack_batches(batches, step) if vmapped else batches[0]
-                state, metrics = step_fn(state, put_batch(batch), rngs, rng_states, consts)
-                metrics = jax.device_get(metrics)
-                live = [m for m in members if m.failed is None]
-                for m in live:
-                    row = {k: (v[m.index] if vmapped else v) for k, v in metrics.items()}
-                    loss, finite = float(row["loss"]), bool(row["params_finite"])
-                    if not (math.isfinite(loss) and finite):
-                        diverged(m, step, loss, finite)
-                live = [m for m in members if m.failed is None]
-                if not live:
-                    break
+                batches, device_batch, data_states = next(prefetch)
+                state, metrics = step_fn(state, device_batch, rngs, rng_states, consts)
+                pending.append((step, metrics))
                 steps_since += 1
-                if step % tc.log_every == 0 or step == total:
+                bar.update(1)
+                is_log = step % tc.log_every == 0 or step == total
+                did_eval = step % tc.eval_every == 0 or step == total
+                is_save = step % tc.checkpoint_every == 0 or step == total or stop.requested
+                hooks_now = [h for h in hooks if h.every and step % h.every == 0]
+                if not (is_log or did_eval or is_save or hooks_now):
+                    continue
+                metrics = sync(step)
+                if metrics is None:
+                    break
+                live = [m for m in members if m.failed is None]
+                if is_log:
                     now = time.perf_counter()
                     sps = steps_since / max(now - t_last, 1e-9)
                     t_last, steps_since = now, 0
@@ -535,23 +567,21 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                                if k != "params_finite"}
                         row.update(steps_per_sec=sps, lr=float(m.schedule(step - 1)))
                         m.writer.write(step, "train", row)
-                for hook in hooks:
-                    if hook.every and step % hook.every == 0:
-                        for m, b in zip(members, batches):
-                            if m.failed is None:
-                                m.writer.write(step, hook.split,
-                                               hook.fn(eval_model(m), m.task, b))
-                bar.update(1, loss=float(np.mean([
-                    (metrics["loss"][m.index] if vmapped else metrics["loss"]) for m in live])))
-                did_eval = step % tc.eval_every == 0 or step == total
+                    bar.set_loss(float(np.mean([
+                        (metrics["loss"][m.index] if vmapped else metrics["loss"])
+                        for m in live])))
+                for hook in hooks_now:
+                    for m, b in zip(members, batches):
+                        if m.failed is None:
+                            m.writer.write(step, hook.split, hook.fn(eval_model(m), m.task, b))
                 if did_eval:
                     for m, ev in zip(members, run_eval()):
                         if m.failed is None:
                             m.last_eval = ev
                             m.writer.write(step, "eval", ev)
-                if step % tc.checkpoint_every == 0 or step == total or stop.requested:
+                if is_save:
                     for m in live:
-                        save(m, step, m.last_eval if did_eval else None)
+                        save(m, step, data_states[m.index], m.last_eval if did_eval else None)
                 if stop.requested:
                     name = signal.Signals(stop.signal).name
                     log.warning("%s: saved a checkpoint at step %d in %s; run the same command "
@@ -559,6 +589,7 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                                 ", ".join(str(m.workdir.path) for m in live))
                     raise SystemExit(128 + stop.signal)
     finally:
+        prefetch.close()
         bar.close()
         for m in members:
             if m.writer is not None:
