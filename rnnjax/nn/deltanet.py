@@ -44,17 +44,29 @@ state ``(B, Nh, Dk, Dv)``; compute in float32 at least. ``mask (T, B)`` as
 write: the state is unchanged) and outputs zero. ``reverse`` flips time. A padded tail
 (``T`` not a multiple of ``C``) is the same identity step.
 
+The cell, :class:`GatedDeltaNetCell` (registered as ``"gated_deltanet"``): one input
+projection to ``q, k`` (``Nh Dk`` each), ``v`` (``H = Nh Dv``), the gate's ``a`` and ``β``'s
+pre-activation (``Nh`` each); ``g`` and ``dt_bias``/``A_log`` as Mamba-2's (shared
+initialisation from :mod:`rnnjax.nn.ssd`), output ``o`` flattened to ``(B, H)``. The short
+convolutions on ``q, k, v`` and the gated RMSNorm on the output are the block's job.
+
 This module must never import a layer or anything above ``rnnjax.nn``.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from rnnjax.nn.cell import RecurrentCell, register_cell
+from rnnjax.nn.ssd import dt_bias_init, last_valid
 from rnnjax.nn.types import Array
 
-__all__ = ["gdn_chunked", "gdn_sequential", "l2_normalize"]
+__all__ = ["GDNState", "GatedDeltaNetCell", "gdn_chunked", "gdn_sequential", "gdn_step",
+           "l2_normalize"]
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -156,3 +168,143 @@ def gdn_chunked(q, k, v, g, beta, S0, mask=None, *, chunk_size=64, reverse=False
          + jnp.einsum("...ts,...sv->...tv", qk, u))  # (nc, B, Nh, C, Dv)
     o = jnp.moveaxis(o, 3, 1).reshape((nc * c,) + o.shape[1:3] + (dv,))[:t]
     return _finish(o, S_last, v, mask, reverse)
+
+
+SCAN_MODES = ("chunked", "sequential")
+
+
+class GDNState(NamedTuple):
+    """The Gated DeltaNet carry: ``h`` ``(B, H)`` the last output, ``S`` ``(B, Nh, Dk, Dv)``."""
+
+    h: Array
+    S: Array
+
+
+class GatedDeltaNetCell(RecurrentCell):
+    """Gated DeltaNet as an rnnjax cell (see the module docstring).
+
+    Args:
+      in_features: E.
+      hidden_features: H = ``num_heads * Dv``, the output width.
+      num_heads: Nh.
+      key_dim: Dk per head (default ``H / num_heads``, i.e. ``Dk = Dv``).
+      chunk_size: C for ``scan_mode="chunked"``.
+      scan_mode: ``"chunked"`` (default) or ``"sequential"``; the same numbers
+        (tests/test_deltanet.py).
+      dtype, param_dtype: as for every cell; the recurrence runs in float32 at least.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        num_heads: int = 1,
+        key_dim: int | None = None,
+        chunk_size: int = 64,
+        scan_mode: str = "chunked",
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        if num_heads < 1 or hidden_features % num_heads:
+            raise ValueError(f"GatedDeltaNetCell: hidden_features ({hidden_features}) must be a "
+                             f"multiple of num_heads ({num_heads}) >= 1")
+        if scan_mode not in SCAN_MODES:
+            raise ValueError(f"GatedDeltaNetCell: unknown scan_mode {scan_mode!r}; known: "
+                             f"{SCAN_MODES}")
+        if chunk_size < 1:
+            raise ValueError(f"GatedDeltaNetCell: chunk_size must be >= 1, got {chunk_size}")
+        self.num_heads = num_heads
+        self.key_dim = key_dim or hidden_features // num_heads
+        self.chunk_size, self.scan_mode = chunk_size, scan_mode
+        E, H, Nh, Dk = in_features, hidden_features, num_heads, self.key_dim
+        width = 2 * Nh * Dk + H + 2 * Nh  # [q, k, v, a, β_raw]
+        init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+        self.w_in = nnx.Param(init(rngs.params(), (E, width), param_dtype))
+        self.b_in = nnx.Param(jnp.zeros((width,), param_dtype))
+        self.dt_bias = nnx.Param(dt_bias_init(rngs.params(), Nh).astype(param_dtype))
+        a = jax.random.uniform(rngs.params(), (Nh,), jnp.float32, 1.0, 16.0)
+        self.A_log = nnx.Param(jnp.log(a).astype(param_dtype))
+
+    @property
+    def value_dim(self) -> int:
+        return self.hidden_features // self.num_heads
+
+    def project_inputs(self, x: Array) -> Array:
+        """``(..., E) -> (..., 2 Nh Dk + H + 2 Nh)``: ``[q, k, v, a, β_raw]``, one matmul."""
+        self.check_features(x)
+        return self._cast(x) @ self._p("w_in") + self._p("b_in")
+
+    def _split(self, xp: Array):
+        """The gate function: ``xp`` -> ``q, k (..., Nh, Dk)`` (L2-normalised, ``q`` scaled by
+        ``Dk^-1/2``), ``v (..., Nh, Dv)``, ``g = log α <= 0`` and ``β`` ``(..., Nh)``."""
+        ct = jnp.promote_types(xp.dtype, jnp.float32)
+        xp = xp.astype(ct)
+        Nh, Dk, Dv = self.num_heads, self.key_dim, self.value_dim
+        lead = xp.shape[:-1]
+        o = 0
+
+        def take(n, shape):
+            nonlocal o
+            part = xp[..., o : o + n].reshape(lead + shape)
+            o += n
+            return part
+
+        q = l2_normalize(take(Nh * Dk, (Nh, Dk))) * Dk**-0.5
+        k = l2_normalize(take(Nh * Dk, (Nh, Dk)))
+        v = take(Nh * Dv, (Nh, Dv))
+        a = take(Nh, (Nh,))
+        beta = jax.nn.sigmoid(take(Nh, (Nh,)))
+        g = -jnp.exp(self.A_log[...].astype(ct)) * jax.nn.softplus(a + self.dt_bias[...]
+                                                                   .astype(ct))
+        return q, k, v, g, beta
+
+    def _flat(self, o: Array) -> Array:
+        return o.reshape(o.shape[:-2] + (self.hidden_features,))
+
+    def step_projected(self, carry, xp_t):
+        q, k, v, g, beta = self._split(xp_t)
+        S, o = gdn_step(carry.S.astype(q.dtype), q, k, v, g, beta)
+        y = self._flat(o)
+        return GDNState(y.astype(carry.h.dtype), S.astype(carry.S.dtype)), y.astype(xp_t.dtype)
+
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+        """The sequence form chosen by ``scan_mode`` over ``xp`` ``(T, B, P)``; same contract
+        as :meth:`RecurrentCell.scan_projected`."""
+        q, k, v, g, beta = self._split(xp)
+        S0 = carry.S.astype(q.dtype)
+        if self.scan_mode == "chunked":
+            S, o = gdn_chunked(q, k, v, g, beta, S0, mask, chunk_size=self.chunk_size,
+                               reverse=reverse)
+        else:
+            S, o = gdn_sequential(q, k, v, g, beta, S0, mask, reverse=reverse, unroll=unroll)
+        ys = self._flat(o)
+        h = last_valid(ys, mask, reverse, carry.h)
+        return GDNState(h.astype(carry.h.dtype), S.astype(carry.S.dtype)), ys.astype(xp.dtype)
+
+    def initialize_carry(self, batch_shape, dtype=None):
+        h = self._zeros(batch_shape, dtype)
+        return GDNState(h, jnp.zeros(h.shape[:-1] + (self.num_heads, self.key_dim,
+                                                     self.value_dim), h.dtype))
+
+    @property
+    def state_width(self) -> int:
+        """``Nh Dk Dv``: gradient through time is measured on the flattened memory ``S``."""
+        return self.num_heads * self.key_dim * self.value_dim
+
+    def perturbed_step(self, carry, xp_t, eps):
+        """The step with ``eps`` ``(B, Nh Dk Dv)`` added to the new memory ``S_t``; the output
+        ``S_tᵀ q_t`` is read from the perturbed memory, so it reaches ``y_t`` too."""
+        carry, _ = self.step_projected(carry, xp_t)
+        S = carry.S + eps.reshape(carry.S.shape).astype(carry.S.dtype)
+        q = self._split(xp_t)[0]
+        y = self._flat(jnp.einsum("bhkv,bhk->bhv", S.astype(q.dtype), q))
+        return GDNState(y.astype(carry.h.dtype), S), y.astype(xp_t.dtype)
+
+    def gate_activations(self, carry, xp_t):
+        return {"beta": ("sigmoid", self._split(xp_t)[4])}
+
+
+register_cell("gated_deltanet", GatedDeltaNetCell)

@@ -34,7 +34,17 @@ against; see docs/cells/linear_families.md):
 This module holds the maths as pure functions on explicit parameters: the gate
 function :func:`rglru_coefficients` is the only place the gate maths lives; the step
 (:func:`rglru_step`) and the sequence form (:func:`rglru_scan`, on
-:func:`rnnjax.nn.linear_scan.linear_scan`) both use it.
+:func:`rnnjax.nn.linear_scan.linear_scan`) both use it, and so does the cell,
+:class:`RGLRUCell` (registered as ``"rglru"``).
+
+The cell: ``project_inputs`` is a dense ``(E, H)`` map with bias (Griffin's ``linear_x``
+branch into the recurrence; it also lets ``E != H``), and the recurrence runs on its
+output. The carry is :class:`RGLRUState` ``(h,)``: the state is the output. The cell does
+**not** reset at ``t = 0``: a carry is a state to continue from (the zero carry by
+default), so the first step is normalised by ``sqrt(1 - a²)`` like every other; Griffin's
+segment reset (normaliser 1 at a document start) is ``rglru_scan(..., reset=)``. What a
+Hawk/Griffin block adds around the RG-LRU (the short conv, the GeLU gate branch, the
+output projection) is the block's job.
 
 Cells never import layers, data or training code.
 """
@@ -46,13 +56,17 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from rnnjax.nn.cell import RecurrentCell, register_cell
 from rnnjax.nn.linear_scan import ScanMode, linear_scan
 from rnnjax.nn.types import Array
 
 __all__ = [
     "RGLRU_C",
+    "RGLRUCell",
     "RGLRUParams",
+    "RGLRUState",
     "block_diagonal",
     "rglru_a_param_init",
     "rglru_coefficients",
@@ -185,3 +199,104 @@ def rglru_a_param_init(key: jax.Array, shape, dtype=jnp.float32, min_rad: float 
     log_rad = 0.5 * jnp.log(u * (max_rad**2 - min_rad**2) + min_rad**2 + eps)
     # softplus^{-1}(y) = log(expm1(y)), y = -log_rad > 0.
     return jnp.log(jnp.expm1(-log_rad)).astype(dtype)
+
+
+class RGLRUState(NamedTuple):
+    """The RG-LRU carry: ``h`` ``(B, H)``, the state, which is also the output."""
+
+    h: Array
+
+
+class RGLRUCell(RecurrentCell):
+    """The RG-LRU as an rnnjax cell (see the module docstring).
+
+    Args:
+      in_features: E.
+      hidden_features: H, the recurrence width; a multiple of ``num_heads``.
+      num_heads: N, the number of diagonal blocks of the gate weights (Griffin: the
+        attention heads' count).
+      scan_mode: ``"associative"`` (parallel over time, default) or ``"sequential"``.
+      c: the exponent on the recurrence gate (the paper's 8).
+      min_rad, max_rad: the ring on which ``σ(Λ)`` is initialised.
+      dtype, param_dtype: as for every cell; the scan runs in float32 at least.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        num_heads: int = 1,
+        scan_mode: ScanMode | str = ScanMode.ASSOCIATIVE,
+        c: float = RGLRU_C,
+        min_rad: float = 0.9,
+        max_rad: float = 0.999,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        if num_heads < 1 or hidden_features % num_heads:
+            raise ValueError(f"RGLRUCell: hidden_features ({hidden_features}) must be a multiple "
+                             f"of num_heads ({num_heads}) >= 1")
+        scan_mode = ScanMode.parse(scan_mode)
+        if scan_mode is ScanMode.LOG_SPACE:
+            raise ValueError("RGLRUCell: scan_mode='log_space' needs positive inputs; the "
+                             "RG-LRU's are signed. Use 'associative' or 'sequential'")
+        if not 0.0 < min_rad < max_rad < 1.0:
+            raise ValueError(f"RGLRUCell: need 0 < min_rad < max_rad < 1, got {min_rad}, "
+                             f"{max_rad}")
+        self.num_heads, self.scan_mode, self.c = num_heads, scan_mode, float(c)
+        E, H, N = in_features, hidden_features, num_heads
+        hh = H // N
+        # fan-in normal, as recurrentgemma's BlockDiagonalLinear (fan-in = H/N per head)
+        init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+        self.w_in = nnx.Param(init(rngs.params(), (E, H), param_dtype))
+        self.b_in = nnx.Param(jnp.zeros((H,), param_dtype))
+        self.a_param = nnx.Param(rglru_a_param_init(rngs.params(), (H,), param_dtype,
+                                                    min_rad, max_rad))
+        self.w_a = nnx.Param(init(rngs.params(), (N, hh, hh), param_dtype))
+        self.b_a = nnx.Param(jnp.zeros((N, hh), param_dtype))
+        self.w_x = nnx.Param(init(rngs.params(), (N, hh, hh), param_dtype))
+        self.b_x = nnx.Param(jnp.zeros((N, hh), param_dtype))
+
+    def params(self, dtype) -> RGLRUParams:
+        """The recurrence's parameters as :class:`RGLRUParams`, in ``dtype``."""
+        return RGLRUParams(*(getattr(self, n)[...].astype(dtype)
+                             for n in ("a_param", "w_a", "b_a", "w_x", "b_x")))
+
+    def project_inputs(self, x: Array) -> Array:
+        """``(..., E) -> (..., H)``: ``x W_in + b_in``, the recurrence's input."""
+        self.check_features(x)
+        return self._cast(x) @ self._p("w_in") + self._p("b_in")
+
+    def _coefficients(self, xp: Array) -> tuple[Array, Array]:
+        ct = jnp.promote_types(xp.dtype, jnp.float32)
+        return rglru_coefficients(xp.astype(ct), self.params(ct), c=self.c)
+
+    def step_projected(self, carry, xp_t):
+        a, b = self._coefficients(xp_t)
+        h = (a * carry.h.astype(a.dtype) + b)
+        return RGLRUState(h.astype(carry.h.dtype)), h.astype(xp_t.dtype)
+
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+        """:func:`linear_scan` over ``xp`` ``(T, B, H)`` (``scan_mode``); same contract as
+        :meth:`RecurrentCell.scan_projected`. The state is the output, so the final carry
+        is ``h`` at each row's last valid step, as the scan returns it."""
+        a, b = self._coefficients(xp)
+        h_last, hs = linear_scan(a, b, carry.h.astype(a.dtype), mask, reverse=reverse,
+                                 mode=self.scan_mode, unroll=unroll)
+        return RGLRUState(h_last.astype(carry.h.dtype)), hs.astype(xp.dtype)
+
+    def initialize_carry(self, batch_shape, dtype=None):
+        return RGLRUState(self._zeros(batch_shape, dtype))
+
+    def gate_activations(self, carry, xp_t):
+        ct = jnp.promote_types(xp_t.dtype, jnp.float32)
+        p = self.params(ct)
+        x = xp_t.astype(ct)
+        return {"r": ("sigmoid", jax.nn.sigmoid(block_diagonal(x, p.w_a, p.b_a))),
+                "i": ("sigmoid", jax.nn.sigmoid(block_diagonal(x, p.w_x, p.b_x)))}
+
+
+register_cell("rglru", RGLRUCell)

@@ -32,18 +32,31 @@ Why ``segsum`` by a masked cumulative sum and not ``cumsum[i] - cumsum[j]``: the
 difference of two long prefix sums cancels in float32, the masked sum adds only the
 terms between ``j`` and ``i`` (as the paper's minimal code notes).
 
-This module knows nothing about parameters or cells above the maths; it must never
-import a layer or anything above ``rnnjax.nn``.
+The cell, :class:`SSDCell` (registered as ``"mamba2"``), wraps the maths: an input
+projection to ``x`` (``H = Nh P``), ``B``, ``C`` (``N`` each, shared by all heads: Mamba-2's
+``ngroups = 1``) and ``Δ`` (one per head), then ``Δ = softplus(Δ_raw + dt_bias)``,
+``A = -exp(A_log)`` and ``y = C h + D x``. Mamba-2's initialisation: ``Δ`` log-uniform in
+``[dt_min, dt_max] = [0.001, 0.1]`` (through ``dt_bias``), ``A`` uniform in ``[1, 16]``,
+``D = 1``. The block around it in Mamba-2 (short causal conv, the ``z`` gate, RMSNorm,
+the output projection) is the block's job, not the cell's.
+
+This module must never import a layer or anything above ``rnnjax.nn``.
 """
 
 from __future__ import annotations
 
+import math
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
+from rnnjax.nn.cell import RecurrentCell, register_cell
 from rnnjax.nn.types import Array
 
-__all__ = ["segsum", "ssd_chunked", "ssd_quadratic", "ssd_sequential"]
+__all__ = ["SSDCell", "SSDState", "last_valid", "segsum", "ssd_chunked", "ssd_quadratic",
+           "ssd_sequential", "ssd_step"]
 
 
 def segsum(la: Array) -> Array:
@@ -78,14 +91,22 @@ def _finish(y, h_last, x, mask, reverse):
     return h_last.astype(x.dtype), y.astype(x.dtype)
 
 
+def ssd_step(h, x_t, dt_t, A, b_t, c_t):
+    """One step: ``h (B, Nh, P, N)``, ``x_t (B, Nh, P)``, ``dt_t (B, Nh)``, ``b_t, c_t
+    (B, Nh, N)`` -> ``(h_t, y_t (B, Nh, P))``, ``h_t = exp(Δ A) h + Δ x bᵀ``, ``y_t = h_t c``."""
+    return _step(h, (dt_t * A, x_t * dt_t[..., None], b_t, c_t))
+
+
+def _step(h, inp):
+    la_t, xdt_t, b_t, c_t = inp
+    h = jnp.exp(la_t)[..., None, None] * h + xdt_t[..., :, None] * b_t[..., None, :]
+    return h, jnp.einsum("bhpn,bhn->bhp", h, c_t)
+
+
 def ssd_sequential(x, dt, A, Bm, Cm, h0, mask=None, *, reverse=False, unroll=1):
     """The recurrence, one step at a time. Returns ``(h_last (B, Nh, P, N), y (T, B, Nh, P))``."""
     la, xdt, Bm, Cm, h0 = _prepare(x, dt, A, Bm, Cm, h0, mask, reverse)
-
-    def step(h, inp):
-        la_t, xdt_t, b_t, c_t = inp
-        h = jnp.exp(la_t)[..., None, None] * h + xdt_t[..., :, None] * b_t[..., None, :]
-        return h, jnp.einsum("bhpn,bhn->bhp", h, c_t)
+    step = _step
 
     h_last, y = jax.lax.scan(step, h0, (la, xdt, Bm, Cm), unroll=unroll)
     return _finish(y, h_last, x, mask, reverse)
@@ -154,3 +175,169 @@ def ssd_chunked(x, dt, A, Bm, Cm, h0, mask=None, *, chunk_size=64, reverse=False
     y = _chunk_out(y_diag, decay_in, Cm, h_in)
     y = y.reshape((nc * c,) + y.shape[2:])[:t]
     return _finish(y, h_last, x, mask, reverse)
+
+
+def last_valid(ys: Array, mask: Array | None, reverse: bool, default: Array) -> Array:
+    """``(T, B, H) -> (B, H)``: each row's output at its last step processed that is valid
+    (the last valid ``t`` forward, the first reverse), or ``default`` where a row has none.
+
+    Why: a carry's ``h`` is the last output (pooling and bridges read it), and for
+    these cells the output is not the state, so it is gathered after the scan.
+    """
+    T = ys.shape[0]
+    if mask is None:
+        return ys[0] if reverse else ys[-1]
+    m = mask.astype(bool)
+    t = jnp.arange(T)[:, None]
+    idx = jnp.where(m, t, T if reverse else -1)
+    idx = idx.min(axis=0) if reverse else idx.max(axis=0)  # (B,)
+    h = jnp.take_along_axis(ys, jnp.clip(idx, 0, T - 1)[None, :, None], axis=0)[0]
+    return jnp.where(((idx >= 0) & (idx < T))[:, None], h, default.astype(h.dtype))
+
+
+def dt_bias_init(key: jax.Array, n: int, dt_min: float = 1e-3, dt_max: float = 0.1,
+                 dt_floor: float = 1e-4) -> Array:
+    """Mamba's ``dt_bias`` ``(n,)``: ``softplus(dt_bias)`` log-uniform in ``[dt_min, dt_max]``."""
+    u = jax.random.uniform(key, (n,), jnp.float32)
+    dt = jnp.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+    dt = jnp.maximum(dt, dt_floor)
+    return dt + jnp.log(-jnp.expm1(-dt))  # softplus^{-1}(dt) = log(expm1(dt))
+
+
+SCAN_MODES = ("chunked", "quadratic", "sequential")
+
+
+class SSDState(NamedTuple):
+    """The Mamba-2 carry: ``h`` ``(B, H)`` the last output, ``s`` ``(B, Nh, P, N)`` the state."""
+
+    h: Array
+    s: Array
+
+
+class SSDCell(RecurrentCell):
+    """Mamba-2's SSD layer as an rnnjax cell (see the module docstring).
+
+    Args:
+      in_features: E.
+      hidden_features: H = ``num_heads * P``, the output width.
+      num_heads: Nh, heads with one scalar decay each.
+      state_size: N, the size of ``B_t`` and ``C_t`` (Mamba-2: 64-128; small here).
+      chunk_size: C for ``scan_mode="chunked"``.
+      scan_mode: ``"chunked"`` (default), ``"quadratic"`` or ``"sequential"``; all give
+        the same numbers (tests/test_ssd.py).
+      dt_min, dt_max: the range of the initial ``Δ``; a_init_range: of the initial ``-A``.
+      dtype, param_dtype: as for every cell; the recurrence runs in float32 at least.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        *,
+        num_heads: int = 1,
+        state_size: int = 16,
+        chunk_size: int = 64,
+        scan_mode: str = "chunked",
+        dt_min: float = 1e-3,
+        dt_max: float = 0.1,
+        a_init_range: tuple[float, float] = (1.0, 16.0),
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
+        if num_heads < 1 or hidden_features % num_heads:
+            raise ValueError(f"SSDCell: hidden_features ({hidden_features}) must be a multiple "
+                             f"of num_heads ({num_heads}) >= 1")
+        if scan_mode not in SCAN_MODES:
+            raise ValueError(f"SSDCell: unknown scan_mode {scan_mode!r}; known: {SCAN_MODES}")
+        if chunk_size < 1 or state_size < 1:
+            raise ValueError(f"SSDCell: chunk_size and state_size must be >= 1, got "
+                             f"{chunk_size} and {state_size}")
+        self.num_heads, self.state_size = num_heads, state_size
+        self.chunk_size, self.scan_mode = chunk_size, scan_mode
+        E, H, Nh, N = in_features, hidden_features, num_heads, state_size
+        width = H + 2 * N + Nh  # [x, B, C, Δ_raw]
+        init = nnx.initializers.variance_scaling(1.0, "fan_in", "normal")
+        self.w_in = nnx.Param(init(rngs.params(), (E, width), param_dtype))
+        self.b_in = nnx.Param(jnp.zeros((width,), param_dtype))
+        self.dt_bias = nnx.Param(dt_bias_init(rngs.params(), Nh, dt_min, dt_max)
+                                 .astype(param_dtype))
+        lo, hi = a_init_range
+        a = jax.random.uniform(rngs.params(), (Nh,), jnp.float32, lo, hi)
+        self.A_log = nnx.Param(jnp.log(a).astype(param_dtype))
+        self.D = nnx.Param(jnp.ones((Nh,), param_dtype))
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_features // self.num_heads
+
+    def project_inputs(self, x: Array) -> Array:
+        """``(..., E) -> (..., H + 2N + Nh)``: ``[x, B, C, Δ_raw]``, one matmul."""
+        self.check_features(x)
+        return self._cast(x) @ self._p("w_in") + self._p("b_in")
+
+    def _split(self, xp: Array):
+        """The gate function: ``xp (..., H+2N+Nh)`` -> ``x (..., Nh, P)``, ``Δ (..., Nh)``,
+        ``A (Nh,)``, ``B, C (..., Nh, N)`` (broadcast over heads), ``D (Nh,)``; float32+."""
+        ct = jnp.promote_types(xp.dtype, jnp.float32)
+        xp = xp.astype(ct)
+        H, N, Nh = self.hidden_features, self.state_size, self.num_heads
+        lead = xp.shape[:-1]
+        x = xp[..., :H].reshape(lead + (Nh, self.head_dim))
+        Bm = jnp.broadcast_to(xp[..., None, H : H + N], lead + (Nh, N))
+        Cm = jnp.broadcast_to(xp[..., None, H + N : H + 2 * N], lead + (Nh, N))
+        dt = jax.nn.softplus(xp[..., H + 2 * N :] + self.dt_bias[...].astype(ct))
+        A = -jnp.exp(self.A_log[...].astype(ct))
+        return x, dt, A, Bm, Cm, self.D[...].astype(ct)
+
+    def _out(self, y, x, D):
+        """``y + D x``, flattened to ``(..., H)``."""
+        y = y + D[:, None] * x
+        return y.reshape(y.shape[:-2] + (self.hidden_features,))
+
+    def step_projected(self, carry, xp_t):
+        x, dt, A, Bm, Cm, D = self._split(xp_t)
+        s, y = ssd_step(carry.s.astype(x.dtype), x, dt, A, Bm, Cm)
+        y = self._out(y, x, D)
+        return SSDState(y.astype(carry.h.dtype), s.astype(carry.s.dtype)), y.astype(xp_t.dtype)
+
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+        """The sequence form chosen by ``scan_mode`` over ``xp`` ``(T, B, P)``; same contract
+        as :meth:`RecurrentCell.scan_projected`."""
+        x, dt, A, Bm, Cm, D = self._split(xp)
+        s0 = carry.s.astype(x.dtype)
+        if self.scan_mode == "chunked":
+            s, y = ssd_chunked(x, dt, A, Bm, Cm, s0, mask, chunk_size=self.chunk_size,
+                               reverse=reverse)
+        elif self.scan_mode == "quadratic":
+            s, y = ssd_quadratic(x, dt, A, Bm, Cm, s0, mask, reverse=reverse)
+        else:
+            s, y = ssd_sequential(x, dt, A, Bm, Cm, s0, mask, reverse=reverse, unroll=unroll)
+        ys = self._out(y, x, D)
+        if mask is not None:
+            ys = jnp.where(mask[..., None], ys, 0.0)
+        h = last_valid(ys, mask, reverse, carry.h)
+        return SSDState(h.astype(carry.h.dtype), s.astype(carry.s.dtype)), ys.astype(xp.dtype)
+
+    def initialize_carry(self, batch_shape, dtype=None):
+        h = self._zeros(batch_shape, dtype)
+        return SSDState(h, jnp.zeros(h.shape[:-1] + (self.num_heads, self.head_dim,
+                                                     self.state_size), h.dtype))
+
+    @property
+    def state_width(self) -> int:
+        """``Nh P N``: gradient through time is measured on the flattened SSM state."""
+        return self.hidden_features * self.state_size
+
+    def perturbed_step(self, carry, xp_t, eps):
+        """The step with ``eps`` ``(B, Nh P N)`` added to the new state ``s_t``; the output
+        is read from the perturbed state, so it reaches ``y_t`` too."""
+        carry, _ = self.step_projected(carry, xp_t)
+        s = carry.s + eps.reshape(carry.s.shape).astype(carry.s.dtype)
+        x, _, _, _, Cm, D = self._split(xp_t)
+        y = self._out(jnp.einsum("bhpn,bhn->bhp", s.astype(x.dtype), Cm), x, D)
+        return SSDState(y.astype(carry.h.dtype), s), y.astype(xp_t.dtype)
+
+
+register_cell("mamba2", SSDCell)
