@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from rnnjax.configlib import load_config
+from rnnjax.diagnostics import diagnose, hidden_grads
 from rnnjax.nn import make_cell, make_rnn
 from rnnjax.nn.deltanet import gdn_chunked, gdn_sequential, l2_normalize
 from rnnjax.train.trainer import train_and_evaluate
@@ -224,3 +225,22 @@ def test_cell_trains_on_adding_smoke(tmp_path):
     cfg = load_config("configs/adding.py:smoke", [f"model.cell={CELL_NAME}"])
     final = train_and_evaluate(cfg, tmp_path, progress=False)
     assert final and all(np.isfinite(v) for v in final.values() if isinstance(v, float))
+
+
+def test_cell_gradient_through_time_diagnostics():
+    """diagnostics measures ∂L/∂state through the cell's own hooks: (T, B, state_width),
+    finite, non-zero on valid steps and zero past each row's length."""
+    model = make_rnn(CELL_NAME, CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
+    x = jax.random.normal(jax.random.key(1), (CB, CT, CE))
+
+    def loss_fn(m):
+        return jnp.sum(m(x, seq_lengths=jnp.asarray(CLENGTHS)) ** 2)
+
+    _, grads, record = hidden_grads(model, loss_fn)
+    g = np.asarray(grads["0"])
+    assert g.shape == (CT, CB, model.layers[0].cell.state_width)
+    assert np.all(np.isfinite(g)) and np.abs(g[0, 0]).max() > 0
+    for r, n in enumerate(CLENGTHS):
+        assert np.all(g[n:, r] == 0)
+    d = diagnose(model, loss_fn)
+    assert all(np.all(np.isfinite(v)) for v in d["grad_norms"].values())
