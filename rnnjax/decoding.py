@@ -388,8 +388,9 @@ def sample_decode(
     """Ancestral sampling with temperature, top-k and top-p (nucleus) filtering.
 
     Each step draws the token with :func:`sample_token` from the model's log-probabilities,
-    eos masked before ``min_len`` and ``banned_ids`` masked on every step. ``temperature == 0`` gives the argmax, so the output equals
-    :func:`greedy_decode` exactly. Step t draws with ``jax.random.fold_in(rng, t)``.
+    eos masked before ``min_len`` and ``banned_ids`` masked on every step. ``temperature == 0``
+    gives the argmax, so the output equals :func:`greedy_decode` exactly. Step t draws with
+    ``jax.random.fold_in(rng, t)``.
 
     The reported ``logprobs`` are under the model's own, untempered and unfiltered distribution
     ``log_softmax(logits)``: that is the number that scores a sample against the model (for

@@ -12,13 +12,13 @@ sets, builtin texts), ``download`` (named datasets, cache, checksums, offline me
 
 # Each submodule's __all__ is its public API; the package re-exports all of them.
 from rnnjax.data import batching, download, embeddings, series, streams, synthetic, text
-from rnnjax.data.batching import *
-from rnnjax.data.download import *
-from rnnjax.data.embeddings import *
-from rnnjax.data.series import *
-from rnnjax.data.streams import *
-from rnnjax.data.synthetic import *
-from rnnjax.data.text import *
+from rnnjax.data.batching import *  # noqa: F401,F403
+from rnnjax.data.download import *  # noqa: F401,F403
+from rnnjax.data.embeddings import *  # noqa: F401,F403
+from rnnjax.data.series import *  # noqa: F401,F403
+from rnnjax.data.streams import *  # noqa: F401,F403
+from rnnjax.data.synthetic import *  # noqa: F401,F403
+from rnnjax.data.text import *  # noqa: F401,F403
 
 __all__ = [name for module in (synthetic, text, embeddings, series, batching, download, streams)
            for name in module.__all__]

@@ -56,7 +56,8 @@ class SequenceModel(nnx.Module):
                         dropout=dropout, rngs=rngs)
 
     def __call__(self, inputs: Array, lengths: Array | None = None) -> Array:
-        """``inputs`` ``(B, T)`` ids or ``(B, T, E)`` values, ``lengths`` ``(B,)`` or None -> ``(B, O)``."""
+        """``inputs`` ``(B, T)`` ids or ``(B, T, E)`` values, ``lengths`` ``(B,)`` or None
+        -> ``(B, O)``."""
         x = self.embed(inputs) if self.embed is not None else inputs
         carries, ys = self.encoder(x, seq_lengths=lengths, return_carry=True)
         if lengths is None:
