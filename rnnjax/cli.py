@@ -130,14 +130,14 @@ def cmd_sample(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     args = p.parse_args(argv)
-    from rnnjax.inference import load_for_inference
+    from rnnjax.inference import load_for_inference, sample_text
 
     config, task, model, _ = load_for_inference(args.workdir, args.checkpoint)
-    if not hasattr(task, "sample"):
+    if not hasattr(task, "encode_prime"):
         raise SystemExit(f"error: task {config.task!r} does not generate text; `rnnjax sample` "
                          f"needs a language-model workdir")
-    for text in task.sample(model, args.prime, args.length, args.temperature, args.num,
-                            args.seed, top_k=args.top_k, top_p=args.top_p):
+    for text in sample_text(task, model, args.prime, args.length, temperature=args.temperature,
+                            num=args.num, seed=args.seed, top_k=args.top_k, top_p=args.top_p):
         print(text)
         print("-" * 40)
 
@@ -165,7 +165,7 @@ def cmd_decode(argv):
     src.add_argument("--input-file", help="a UTF-8 file with one source string per line")
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
     args = p.parse_args(argv)
-    from rnnjax.inference import load_for_inference
+    from rnnjax.inference import decode_texts, load_for_inference
 
     if args.input is not None:
         texts = [args.input]
@@ -173,13 +173,13 @@ def cmd_decode(argv):
         lines = Path(args.input_file).read_text(encoding="utf-8").splitlines()
         texts = [line for line in lines if line.strip()]
     config, task, model, _ = load_for_inference(args.workdir, args.checkpoint)
-    if not hasattr(task, "decode"):
+    if not hasattr(task, "encode_source"):
         raise SystemExit(f"error: task {config.task!r} has no decoder; `rnnjax decode` needs "
                          f"a seq2seq workdir")
     n_best = 1 if args.strategy != "beam" else (args.n_best or args.beam_size)
-    results = task.decode(model, texts, strategy=args.strategy, beam_size=args.beam_size,
-                          n_best=n_best, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, seed=args.seed, max_len=args.max_len)
+    results = decode_texts(task, model, texts, strategy=args.strategy, beam_size=args.beam_size,
+                           n_best=n_best, temperature=args.temperature, top_k=args.top_k,
+                           top_p=args.top_p, seed=args.seed, max_len=args.max_len)
     for text, hyps in zip(texts, results):
         if args.strategy != "beam":
             print(f"{text.strip()}\t{hyps[0]['output']}\tlogprob={hyps[0]['logprob']:.4f}")

@@ -31,8 +31,12 @@ Conventions shared by all decoders (shape letters: B batch, K beam, V vocab, T =
   length ``max_len``.
 - ``min_len`` is the least number of tokens before eos: eos is forbidden on the steps
   t < min_len, so an eos-terminated output has length >= min_len + 1.
+- ``bos_id`` may be an int or a (B,) array: a per-row first input token, e.g. the last token of
+  a prompt whose earlier tokens the caller ran through the model's sequence form.
+- ``banned_ids`` (greedy and sampling) are token ids that are never chosen, on any step (a
+  language model's ``<pad>``/``<bos>``; banning eos means no row ends before ``max_len``).
 - Every log-probability reported is under the model's own distribution ``log_softmax(logits)``,
-  never the tempered, filtered or eos-masked one used to choose the token.
+  never the tempered, filtered, banned or eos-masked one used to choose the token.
 
 This module must never import from ``rnnjax.train`` or ``rnnjax.data``, never build or know a
 model class, and never change the carry or context tree the caller passed.
@@ -40,22 +44,22 @@ model class, and never change the carry or context tree the caller passed.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 __all__ = [
-    "StepFn",
-    "DecodeOutput",
-    "BeamOutput",
     "LENGTH_PENALTIES",
-    "length_penalty_fn",
-    "greedy_decode",
-    "sample_token",
-    "sample_decode",
+    "BeamOutput",
+    "DecodeOutput",
+    "StepFn",
     "beam_search",
+    "greedy_decode",
+    "length_penalty_fn",
+    "sample_decode",
+    "sample_token",
 ]
 
 Pytree = Any
@@ -172,6 +176,15 @@ def _check_lengths(max_len: int, min_len: int) -> None:
         )
 
 
+def _check_banned(banned_ids: Sequence[int], vocab: int) -> tuple[int, ...]:
+    banned = tuple(sorted({int(i) for i in banned_ids}))
+    if any(not 0 <= i < vocab for i in banned):
+        raise ValueError(f"banned_ids {list(banned)} must lie in the vocabulary [0, {vocab}).")
+    if len(banned) >= vocab:
+        raise ValueError(f"banned_ids bans all {vocab} tokens; nothing could be chosen.")
+    return banned
+
+
 def _forbid_eos(logp: jax.Array, eos_id: int, forbid: jax.Array) -> jax.Array:
     """Set the eos column of (..., V) log-probs to -inf where ``forbid`` (a scalar) is True."""
     is_eos = jnp.arange(logp.shape[-1]) == eos_id
@@ -204,6 +217,7 @@ def _sequential_decode(
     max_len: int,
     min_len: int,
     batch_size: int | None,
+    banned_ids: Sequence[int] = (),
 ) -> DecodeOutput:
     """One-hypothesis-per-row decoding; ``choose(masked_logp (B, V), t) -> (B,)`` picks tokens."""
     _check_lengths(max_len, min_len)
@@ -225,7 +239,11 @@ def _sequential_decode(
         carry, logits = step_fn(s.carry, s.last, context)
         _check_eos(eos_id, _check_step_output(s.carry, carry, logits, b))
         logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-        tok = choose(_forbid_eos(logp, eos_id, s.t < min_len), s.t).astype(jnp.int32)
+        masked = _forbid_eos(logp, eos_id, s.t < min_len)
+        banned = _check_banned(banned_ids, logp.shape[-1])
+        if banned:
+            masked = masked.at[:, jnp.asarray(banned)].set(-jnp.inf)
+        tok = choose(masked, s.t).astype(jnp.int32)
         tok_logp = jnp.take_along_axis(logp, tok[:, None], axis=-1)[:, 0]
         live = ~s.done
         return _SeqState(
@@ -255,6 +273,7 @@ def greedy_decode(
     batch_size: int | None = None,
     pad_id: int = 0,
     min_len: int = 0,
+    banned_ids: Sequence[int] = (),
 ) -> DecodeOutput:
     """Pick the most probable token at every step (ties go to the lowest id).
 
@@ -268,6 +287,7 @@ def greedy_decode(
       batch_size: B; inferred from the carry or context leaves when None.
       pad_id: written after eos.
       min_len: eos is forbidden on the first ``min_len`` steps.
+      banned_ids: static token ids that are never chosen.
 
     Returns:
       DecodeOutput with tokens (B, T), lengths (B,), logprobs (B,), num_steps ().
@@ -279,7 +299,7 @@ def greedy_decode(
 
     return _sequential_decode(
         step_fn, init_carry, context, choose, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
-        max_len=max_len, min_len=min_len, batch_size=batch_size,
+        max_len=max_len, min_len=min_len, batch_size=batch_size, banned_ids=banned_ids,
     )
 
 
@@ -363,12 +383,14 @@ def sample_decode(
     batch_size: int | None = None,
     pad_id: int = 0,
     min_len: int = 0,
+    banned_ids: Sequence[int] = (),
 ) -> DecodeOutput:
     """Ancestral sampling with temperature, top-k and top-p (nucleus) filtering.
 
     Each step draws the token with :func:`sample_token` from the model's log-probabilities,
-    eos masked before ``min_len``. ``temperature == 0`` gives the argmax, so the output equals
-    :func:`greedy_decode` exactly. Step t draws with ``jax.random.fold_in(rng, t)``.
+    eos masked before ``min_len`` and ``banned_ids`` masked on every step. ``temperature == 0``
+    gives the argmax, so the output equals :func:`greedy_decode` exactly. Step t draws with
+    ``jax.random.fold_in(rng, t)``.
 
     The reported ``logprobs`` are under the model's own, untempered and unfiltered distribution
     ``log_softmax(logits)``: that is the number that scores a sample against the model (for
@@ -393,7 +415,7 @@ def sample_decode(
 
     return _sequential_decode(
         step_fn, init_carry, context, choose, bos_id=bos_id, eos_id=eos_id, pad_id=pad_id,
-        max_len=max_len, min_len=min_len, batch_size=batch_size,
+        max_len=max_len, min_len=min_len, batch_size=batch_size, banned_ids=banned_ids,
     )
 
 

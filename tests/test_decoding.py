@@ -561,3 +561,51 @@ def test_bad_input_raises_value_error():
 
     with pytest.raises(ValueError, match="dtype"):
         decoding.beam_search(casts_a_leaf, carry, context, beam_size=2, **common)
+
+
+# ---------------------------------------------------------------------------------------------
+# banned_ids and a per-row first token (what a language model's prompt continuation needs).
+
+
+def test_banned_ids_and_per_row_bos_against_an_eager_loop():
+    """Greedy with ``banned_ids`` and a (B,) ``bos_id`` equals a Python loop that steps the model
+    from each row's own first token and takes the argmax over the allowed tokens."""
+    params = make_params(3, scale=0.3)
+    carry, context = make_inputs(3)
+    bos = jnp.asarray([BOS, 0, 2], jnp.int32)
+    banned, T = (0, 2), 5
+    out = decoding.greedy_decode(functools.partial(rnn_step, params), carry, context, bos_id=bos,
+                                 eos_id=EOS, max_len=T, pad_id=PAD, banned_ids=banned)
+    allowed = ~np.isin(np.arange(V), banned)
+    want = np.full((B, T), PAD)
+    for b in range(B):
+        c, tok = jax.tree.map(lambda x, b=b: x[b:b + 1], carry), bos[b:b + 1]
+        ctx = jax.tree.map(lambda x, b=b: x[b:b + 1], context)
+        for t in range(T):
+            c, logits = rnn_step(params, c, tok, ctx)
+            tok = jnp.asarray([int(np.argmax(np.where(allowed, np.asarray(logits[0]), -np.inf)))])
+            want[b, t] = int(tok[0])
+            if want[b, t] == EOS:
+                break
+    np.testing.assert_array_equal(np.asarray(out.tokens), want)
+
+
+def test_sampling_never_draws_banned_ids_and_banning_eos_runs_to_max_len():
+    params = make_params(4, scale=0.2)  # flat: every token is likely without the ban
+    carry, context = make_inputs(4)
+    step = functools.partial(rnn_step, params)
+    seen = set()
+    for seed in range(20):
+        out = decoding.sample_decode(step, carry, context, bos_id=BOS, eos_id=EOS, max_len=6,
+                                     pad_id=PAD, rng=jax.random.PRNGKey(seed), temperature=2.0,
+                                     banned_ids=(0, EOS))
+        toks = np.asarray(out.tokens)
+        seen |= set(toks.ravel().tolist())
+        assert (np.asarray(out.lengths) == 6).all()
+    assert seen == {2, 3}
+    with pytest.raises(ValueError, match="banned_ids"):
+        decoding.greedy_decode(step, carry, context, bos_id=BOS, eos_id=EOS, max_len=2,
+                               banned_ids=(V,))
+    with pytest.raises(ValueError, match="bans all"):
+        decoding.greedy_decode(step, carry, context, bos_id=BOS, eos_id=EOS, max_len=2,
+                               banned_ids=tuple(range(V)))

@@ -26,17 +26,15 @@ from rnnjax.tasks import seq2seq as s2s
 V = 9
 
 
-def model_cfg(**kw):
-    c = ml_collections.ConfigDict(dict(
+def model_args(**kw):
+    return {**dict(
         cell="lstm", hidden=5, num_layers=1, bidirectional=False, dropout=0.0, unroll=1,
         cell_kwargs={}, embed_dim=4, decoder_layers=0, decoder_hidden=0, share_embeddings=False,
-        bridge="project", attention="none", attention_features=0, input_feeding=False))
-    c.update(kw)
-    return c
+        bridge="project", attention="none", attention_features=0, input_feeding=False), **kw}
 
 
 def make_model(seed=0, **kw):
-    m = Seq2Seq(model_cfg(**kw), src_vocab_size=V, tgt_vocab_size=V, rngs=nnx.Rngs(seed))
+    m = Seq2Seq(**model_args(**kw), src_vocab_size=V, tgt_vocab_size=V, rngs=nnx.Rngs(seed))
     m.eval()
     return m
 
@@ -406,16 +404,16 @@ def test_decode_cli(trained, capsys, tmp_path):
 
 
 def test_decode_warns_about_inputs_longer_than_training(trained, caplog):
-    from rnnjax.inference import load_for_inference
+    from rnnjax.inference import decode_texts, load_for_inference
 
     _, task, model, _ = load_for_inference(trained["addition"][0], "latest")
     digits = task.config.data.max_digits
     ok, long = "1" * digits + "+2", "1" * (digits + 1) + "+2"
-    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
-        task.decode(model, [ok])
+    with caplog.at_level("WARNING", logger="rnnjax.inference"):
+        decode_texts(task, model, [ok])
     assert not caplog.records
-    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
-        out = task.decode(model, [ok, long])
+    with caplog.at_level("WARNING", logger="rnnjax.inference"):
+        out = decode_texts(task, model, [ok, long])
     assert len(out) == 2  # still decoded: length generalisation is a legitimate probe
     assert len(caplog.records) == 1
     msg = caplog.records[0].getMessage()
@@ -423,6 +421,7 @@ def test_decode_warns_about_inputs_longer_than_training(trained, caplog):
 
     _, task, model, _ = load_for_inference(trained["reverse"][0], "latest")
     caplog.clear()
-    with caplog.at_level("WARNING", logger="rnnjax.tasks.seq2seq"):
-        task.decode(model, ["a" * task.config.data.max_len, "a" * (task.config.data.max_len + 1)])
+    with caplog.at_level("WARNING", logger="rnnjax.inference"):
+        decode_texts(task, model,
+                     ["a" * task.config.data.max_len, "a" * (task.config.data.max_len + 1)])
     assert len(caplog.records) == 1 and "symbols" in caplog.records[0].getMessage()

@@ -319,3 +319,84 @@ def test_empty_everything_is_an_error(tmp_path):
     path = _write_tsv(tmp_path / "d.tsv", [("ham", "  "), ("spam", " \t "), ("ham", " ")] * 4)
     with pytest.raises(ValueError, match="empty after tokenisation"):
         _task(f"data.path={str(path)!r}")
+
+
+# ---------------------------------------------------------------------------
+# Models take explicit keyword arguments; seeds come from named streams.
+# ---------------------------------------------------------------------------
+def test_every_model_is_built_from_explicit_keyword_arguments():
+    """No model reads a ConfigDict: every constructor argument is keyword-only and plain
+    Python values build it; ``model_kwargs`` picks the same arguments out of ``config.model``."""
+    import inspect
+
+    import ml_collections
+    from flax import nnx
+
+    from rnnjax.models.lm import TokenModel
+    from rnnjax.models.seq2seq import Seq2Seq
+    from rnnjax.models.sequence import SequenceModel
+    from rnnjax.tasks.base import model_kwargs
+
+    rnn = dict(cell="gru", hidden=6, num_layers=1, bidirectional=False, dropout=0.0, unroll=1,
+               cell_kwargs={})
+    plain = {
+        SequenceModel: dict(rnn, out_features=3, vocab_size=7, embed_dim=4,
+                            freeze_embedding=False, pooling="mean", head_hidden=(5,)),
+        TokenModel: dict(rnn, vocab_size=7, embed_dim=4, tie_embeddings=False),
+        Seq2Seq: dict(rnn, src_vocab_size=7, tgt_vocab_size=7, embed_dim=4, decoder_layers=0,
+                      decoder_hidden=0, share_embeddings=True, bridge="project",
+                      attention="luong_dot", attention_features=0, input_feeding=False),
+    }
+    for cls, kwargs in plain.items():
+        params = inspect.signature(cls.__init__).parameters
+        assert all(p.kind is p.KEYWORD_ONLY for name, p in params.items() if name != "self"), cls
+        assert not {"cfg", "config"} & set(params), cls
+        assert all("Config" not in str(p.annotation) for p in params.values()), cls
+        model = cls(**kwargs, rngs=nnx.Rngs(0))
+        # The same arguments read from a ConfigDict by the tasks' helper give the same params.
+        sizes = {k: v for k, v in kwargs.items() if "vocab_size" in k or k == "out_features"}
+        cfg = ml_collections.ConfigDict({k: v for k, v in kwargs.items() if k not in sizes})
+        cfg.unused_by_this_model = "ignored"
+        again = cls(**model_kwargs(cls, cfg, **sizes, rngs=nnx.Rngs(0)))
+        a, b = nnx.state(model, nnx.Param), nnx.state(again, nnx.Param)
+        assert jax.tree.structure(a) == jax.tree.structure(b)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_array_equal(x, y)
+        del cfg["hidden"]
+        with pytest.raises(ValueError, match="hidden"):
+            model_kwargs(cls, cfg, **sizes, rngs=nnx.Rngs(0))
+
+
+def test_seed_streams_keep_the_offsets_the_tasks_used():
+    """The stream table reproduces the inline arithmetic it replaced, so documented metrics
+    stay reproducible: params seed, dropout seed+1, data seed, coins seed+2, eval 10_000+seed."""
+    from flax import nnx
+
+    from rnnjax.data.streams import SEED_STREAMS, SyntheticIterator, seed_stream
+    from rnnjax.tasks.base import build
+
+    for seed in (0, 3):
+        assert seed_stream(seed, "params") == seed
+        assert seed_stream(seed, "dropout") == seed + 1
+        assert seed_stream(seed, "train") == seed
+        assert seed_stream(seed, "coins") == seed + 2
+        assert seed_stream(seed, "embedding_init") == seed
+        assert seed_stream(seed, "eval") == 10_000 + seed
+    assert set(SEED_STREAMS) == {"params", "dropout", "train", "coins", "embedding_init", "eval"}
+    with pytest.raises(ValueError, match="known"):
+        seed_stream(0, "evaluation")
+
+    cfg = config("copy.py:smoke", "seed=3")
+    task, model = build(cfg)
+    # The eval set is the synthetic stream 10_003, batch by batch.
+    it = SyntheticIterator(task.generate, 8, 10_003)
+    for got in task.eval_batches(8):
+        want = next(it)
+        for k in want:
+            np.testing.assert_array_equal(got[k], want[k])
+    # Parameters from Rngs(params=3, dropout=4), as before the table.
+    ref = task.build_model(nnx.Rngs(params=3, dropout=4))
+    for x, y in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(ref))):
+        np.testing.assert_array_equal(jax.random.key_data(x) if jnp.issubdtype(
+            x.dtype, jax.dtypes.prng_key) else x, jax.random.key_data(y) if jnp.issubdtype(
+            y.dtype, jax.dtypes.prng_key) else y)

@@ -56,8 +56,8 @@ RESUME_CASES = {
     # file-based BatchIterator over a windowed series (position = epoch, index)
     "forecast": ("forecast.py:smoke", "crash"),
     # truncated BPTT: the carry is in the checkpointed state; ~30 windows per epoch, so
-    # the run also crosses an epoch boundary (carry reset). GRU because the LSTM's
-    # stateful run fails at step 1 (see test_stateful_lstm_lm_trains).
+    # the run also crosses an epoch boundary (carry reset). GRU here for a one-array carry;
+    # test_stateful_lstm_lm_trains covers the LSTM's (h, c) carry.
     "char_lm_stateful": ("char_lm.py:smoke,stateful,cell=gru", "crash"),
 }
 RESUME_OVERRIDES = ["train.steps=40", "train.checkpoint_every=5"]
@@ -164,7 +164,27 @@ def test_resume_after_kill_is_bitwise_exact(case, tmp_path, monkeypatch):
 
 
 def test_stateful_lstm_lm_trains(tmp_path):
-    train(config("char_lm.py:smoke,stateful", "train.steps=1"), tmp_path)
+    """The LSTM's stateful (truncated-BPTT) run trains and checkpoints its (h, c) carry.
+
+    Its two carry components start as zeros of one shape; a donated train state whose
+    leaves alias one buffer fails from the second step on (fixed in 8bacbaa, which also
+    left a stale note that this run fails at step 1). Three steps cross that point.
+    """
+    cfg = config("char_lm.py:smoke,stateful", "train.steps=3", "train.checkpoint_every=3")
+    final = train(cfg, tmp_path)
+    assert math.isfinite(final["nats_per_token"])
+    assert results(tmp_path)["status"] == "done"
+    losses = last_rows_by_step(tmp_path, "train")
+    assert sorted(losses) == [1, 2, 3]
+    assert all(math.isfinite(r["loss"]) for r in losses.values())
+    state, meta = _restore_state(cfg, tmp_path, 3)
+    assert meta["data_state"] == {"epoch": 0, "index": 3}
+    (layer,) = state["task_state"]["carry"]  # one layer in the smoke variant
+    h, c = np.asarray(layer.h), np.asarray(layer.c)
+    assert h.shape == c.shape == (cfg.train.batch_size, cfg.model.hidden)
+    assert np.isfinite(h).all() and np.isfinite(c).all()
+    assert np.abs(h).max() > 0 and np.abs(c).max() > 0 and not np.array_equal(h, c)
+    assert np.abs(h).max() < 1  # h = o * tanh(c)
 
 
 def _restore_state(cfg, workdir, step):
@@ -513,7 +533,7 @@ def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
     tok, out = jnp.argmax(jnp.where(allowed, logits[:, -1], -jnp.inf), -1), []
     for _ in range(n):
         out.append(int(tok[0]))
-        carry, logits = model.step(carry, tok)
+        carry, logits = model.step(carry, tok, None)
         tok = jnp.argmax(jnp.where(allowed, logits, -jnp.inf), -1)
     assert greedy[0] == prime + task.tokenizer.detokenize(task.vocab.decode(out))
 
@@ -523,18 +543,50 @@ def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
     assert (lm_workdir / "samples.txt").read_text().strip()
 
 
+def test_sample_command_is_sample_decode_over_the_step_function(lm_workdir, capsys):
+    """`rnnjax sample` prints what :func:`decoding.sample_decode` gives when called directly
+    with the same key: the prime (all but its last token) through the sequence form, then
+    ``TokenModel.step`` from the prime's last token, <pad>/<bos>/<eos> banned."""
+    from rnnjax import decoding
+    from rnnjax.data.text import EOS_ID, PAD_ID
+    from rnnjax.inference import load_for_inference
+    from rnnjax.tasks.lm import NEVER_SAMPLED
+
+    prime, n, num, seed = "Shall I", 25, 3, 7
+    got = _sample(capsys, lm_workdir, "--prime", prime, "--length", str(n), "--temperature",
+                  "1.3", "--top-p", "0.9", "--num", str(num), "--seed", str(seed),
+                  "--checkpoint", "latest")
+    _, task, model, _ = load_for_inference(lm_workdir, "latest")
+    ids = np.broadcast_to(task.vocab.encode(task.tokenizer(prime)), (num, len(prime)))
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def direct(state, ids, key):
+        m = nnx.merge(graphdef, state)
+        carry, _ = m(ids[:, :-1])  # the sequence form
+        return decoding.sample_decode(m.step, carry, None, bos_id=ids[:, -1], eos_id=EOS_ID,
+                                      max_len=n, rng=key, temperature=1.3, top_p=0.9,
+                                      banned_ids=NEVER_SAMPLED, pad_id=PAD_ID).tokens
+
+    tokens = np.asarray(direct(state, jnp.asarray(ids), jax.random.PRNGKey(seed)))
+    want = [(prime + task.tokenizer.detokenize(task.vocab.decode(row))).strip("\n")
+            for row in tokens]
+    assert got == want
+    assert len(set(want)) > 1
+
+
 @pytest.mark.parametrize("top_k,top_p", [(3, None), (None, 0.5), (4, 0.6)])
 def test_sample_top_k_top_p_stay_in_the_filtered_set(lm_workdir, top_k, top_p):
     """Every sampled token is among the k most probable / inside the nucleus, at every step,
     judged by re-running the model over the generated text (the sequence form, one call).
     <pad>/<bos>/<eos> are never drawn."""
-    from rnnjax.inference import load_for_inference
+    from rnnjax.inference import load_for_inference, sample_ids
     from rnnjax.tasks.lm import NEVER_SAMPLED
 
     _, task, model, _ = load_for_inference(lm_workdir, "latest")
     prime = task.vocab.encode(task.tokenizer("Shall I"))
-    chosen = task.generate(model, prime, 40, temperature=1.5, num=4, seed=5, top_k=top_k,
-                           top_p=top_p)
+    chosen = sample_ids(model, prime, 40, temperature=1.5, num=4, seed=5, top_k=top_k,
+                        top_p=top_p)
     full = np.concatenate([np.broadcast_to(prime, (4, len(prime))), chosen], axis=1)
     _, logits = model(jnp.asarray(full[:, :-1]))
     scaled = (logits[:, len(prime) - 1:] / 1.5).at[..., jnp.asarray(NEVER_SAMPLED)].set(-jnp.inf)

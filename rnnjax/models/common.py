@@ -1,12 +1,14 @@
 """Pieces shared by the models: embeddings, the recurrent encoder, pooling, MLP heads.
 
-Everything is built from a ``config.model`` sub-dict (see ``configs/adding.py``
-for the commented fields). Models never import data loading or training code:
-a pretrained embedding matrix arrives as an array.
+Models take explicit keyword arguments, never a ConfigDict: a task builds them from
+``config.model`` (``rnnjax.tasks.base.model_kwargs``), whose schema holds the
+defaults and their comments (``rnnjax/train/defaults.py``). Models never import
+data loading or training code: a pretrained embedding matrix arrives as an array.
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import jax
@@ -14,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.nn import Bidirectional, make_rnn
+from rnnjax.nn import Bidirectional
 from rnnjax.nn.types import Array
 
 
@@ -58,7 +60,7 @@ class MLP(nnx.Module):
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
                  dropout: float = 0.0, rngs: nnx.Rngs):
         sizes = [in_features, *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
         self.out = nnx.Linear(sizes[-1], out_features, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
@@ -66,13 +68,6 @@ class MLP(nnx.Module):
         for layer in self.hidden:
             x = self.dropout(jax.nn.relu(layer(x)))
         return self.out(x)
-
-
-def build_encoder(cfg, in_features: int, rngs: nnx.Rngs):
-    """The recurrent stack from ``cfg``: cell, hidden, num_layers, bidirectional, dropout."""
-    return make_rnn(cfg.cell, in_features, cfg.hidden, num_layers=cfg.num_layers,
-                    bidirectional=cfg.bidirectional, dropout=cfg.dropout,
-                    unroll=cfg.get("unroll", 1), rngs=rngs, **dict(cfg.get("cell_kwargs", {})))
 
 
 def carry_h(carry) -> Array:

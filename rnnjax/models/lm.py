@@ -3,28 +3,51 @@
 ``TokenModel``: embedding -> recurrent stack (unidirectional for an LM) ->
 dropout -> linear to ``V_out`` (optionally tied to the embedding). It takes an
 initial carry per layer and returns the final ones, so a stateful LM can carry
-its state across batches (truncated BPTT) and a sampler can step it.
+its state across batches (truncated BPTT).
+
+Decoding: :meth:`TokenModel.step` is a :data:`rnnjax.decoding.StepFn`
+``(carry, tokens (N,), context) -> (carry, logits (N, V))`` (no context: pass None),
+and :meth:`TokenModel.prefill` runs a prompt through the sequence form, so a
+continuation is ``decoding.sample_decode(model.step, *model.prefill(prompt) ...)``
+with the prompt's last token as each row's first input (``bos_id``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder, build_encoder
+from rnnjax.models.common import Embedder
+from rnnjax.nn import make_rnn
 from rnnjax.nn.types import Array
 
 
 class TokenModel(nnx.Module):
-    def __init__(self, cfg, *, vocab_size: int, out_vocab_size: int | None = None,
-                 rngs: nnx.Rngs):
+    """Tokens ``(B, T)`` -> ``(carries, logits (B, T, V_out))``; see the module docstring.
+
+    The arguments are ``config.model``'s keys (``rnnjax/train/defaults.py`` comments them):
+    ``embed_dim`` E; the recurrent stack's ``cell``, ``hidden`` H, ``num_layers`` L,
+    ``bidirectional``, ``dropout`` (between layers and before the output layer), ``unroll``,
+    ``cell_kwargs`` (the cell's own options); ``tie_embeddings`` (output layer = the
+    embedding table, needs ``V_out == V`` and ``D*H == E``).
+    """
+
+    def __init__(self, *, vocab_size: int, embed_dim: int, cell: str, hidden: int,
+                 num_layers: int, bidirectional: bool, dropout: float, unroll: int,
+                 cell_kwargs: Mapping[str, Any], tie_embeddings: bool,
+                 out_vocab_size: int | None = None, rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
-        self.embed = Embedder(vocab_size, cfg.embed_dim, rngs=rngs)
-        self.encoder = build_encoder(cfg, cfg.embed_dim, rngs)
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
-        self.tie = bool(cfg.get("tie_embeddings", False))
+        self.embed = Embedder(vocab_size, embed_dim, rngs=rngs)
+        self.encoder = make_rnn(cell, embed_dim, hidden, num_layers=num_layers,
+                                bidirectional=bidirectional, dropout=dropout, unroll=unroll,
+                                rngs=rngs, **dict(cell_kwargs))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.tie = bool(tie_embeddings)
         if self.tie:
-            if out_vocab_size != vocab_size or self.encoder.output_features != cfg.embed_dim:
+            if out_vocab_size != vocab_size or self.encoder.output_features != embed_dim:
                 raise ValueError("model.tie_embeddings needs the same input/output vocabulary "
                                  "and hidden (x directions) == embed_dim")
             self.out = None
@@ -46,10 +69,30 @@ class TokenModel(nnx.Module):
         logits = self.embed.attend(ys) if self.tie else self.out(ys)
         return carries, logits
 
-    def step(self, carry, token: Array):
-        """One decoding step: ``token`` ``(B,)`` -> ``(carry, logits (B, V))``."""
-        carries, logits = self(token[:, None], carry=carry)
+    def step(self, carry, tokens: Array, context=None):
+        """The decoding step ``(carry, tokens (N,), context) -> (carry, logits (N, V))``.
+
+        ``context`` is unused (an LM reads only its carry); it is there for the
+        :data:`rnnjax.decoding.StepFn` contract.
+        """
+        del context
+        carries, logits = self(tokens[:, None], carry=carry)
         return carries, logits[:, 0]
+
+    def prefill(self, prompt: Array):
+        """``prompt`` ``(B, P)``, P >= 1 -> ``(carry, last (B,))`` to start decoding from.
+
+        ``prompt[:, :-1]`` runs through the sequence form (one scan, input projection
+        hoisted) from a zero carry; its last token is left for the first decoding step,
+        which feeds it and returns the logits of the first new token.
+        """
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(f"TokenModel.prefill: prompt must be (B, P) with P >= 1, got "
+                             f"{prompt.shape}")
+        if prompt.shape[1] == 1:
+            return self.initialize_carry(prompt.shape[0]), prompt[:, 0]
+        carry, _ = self(prompt[:, :-1])
+        return carry, prompt[:, -1]
 
 
 def token_cross_entropy(logits: Array, targets: Array, mask: Array,

@@ -1,6 +1,7 @@
 """The encoder-decoder (seq2seq) model, with optional attention and a pure decoding step.
 
-``Seq2Seq(cfg, src_vocab_size=, tgt_vocab_size=, rngs=)`` with ``cfg = config.model``:
+``Seq2Seq(src_vocab_size=, tgt_vocab_size=, rngs=, **model args)``; the model arguments are
+``config.model``'s keys (``configs/addition.py`` comments them), all required:
 
 ==================  ====================================================================
 ``cell``            any cell name (``lstm``, ``gru``, ``rnn_tanh``, ``min_gru`` ...), both sides
@@ -17,6 +18,8 @@
 ``attention_features``  Bahdanau's width A (0 = decoder H)
 ``input_feeding``   Luong only: feed the last attentional vector into the next step's input
 ``dropout``         between recurrent layers (both sides) and before the output layer
+``unroll``          ``lax.scan`` unroll of the sequence forms
+``cell_kwargs``     the cell's own options (both sides)
 ==================  ====================================================================
 
 The bridge. Decoder layer ``l`` (of ``Ld``) starts from encoder layer
@@ -61,13 +64,14 @@ Models never import data loading or training code.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder, build_encoder, carry_h
+from rnnjax.models.common import Embedder, carry_h
 from rnnjax.nn import Bidirectional, make_rnn
 from rnnjax.nn.attention import ATTENTIONS, make_attention
 from rnnjax.nn.types import Array
@@ -81,29 +85,33 @@ def bridge_source_layer(l: int, enc_layers: int, dec_layers: int) -> int:
 
 
 class Seq2Seq(nnx.Module):
-    """Encoder-decoder; see the module docstring for the config fields and equations."""
+    """Encoder-decoder; see the module docstring for the arguments and equations."""
 
-    def __init__(self, cfg, *, src_vocab_size: int, tgt_vocab_size: int, rngs: nnx.Rngs):
-        D = 2 if cfg.bidirectional else 1
-        self.attention_name = cfg.get("attention", "none") or "none"
+    def __init__(self, *, src_vocab_size: int, tgt_vocab_size: int, cell: str, hidden: int,
+                 num_layers: int, bidirectional: bool, decoder_layers: int, decoder_hidden: int,
+                 embed_dim: int, share_embeddings: bool, bridge: str, attention: str,
+                 attention_features: int, input_feeding: bool, dropout: float, unroll: int,
+                 cell_kwargs: Mapping[str, Any], rngs: nnx.Rngs):
+        D = 2 if bidirectional else 1
+        self.attention_name = attention or "none"
         if self.attention_name != "none" and self.attention_name not in ATTENTIONS:
             raise ValueError(f"unknown model.attention {self.attention_name!r}; known: "
                              f"{['none', *sorted(ATTENTIONS)]}")
-        self.bridge_mode = cfg.get("bridge", "project")
+        self.bridge_mode = bridge
         if self.bridge_mode not in BRIDGES:
             raise ValueError(f"unknown model.bridge {self.bridge_mode!r}; known: {list(BRIDGES)}")
-        self.input_feeding = bool(cfg.get("input_feeding", False))
+        self.input_feeding = bool(input_feeding)
         if self.input_feeding and not self.attention_name.startswith("luong"):
             raise ValueError("model.input_feeding applies to Luong attention (luong_dot, "
                              "luong_general); Bahdanau attention always feeds its context into "
                              "the RNN. Set model.input_feeding=False or choose a luong attention")
-        E = cfg.embed_dim
-        H_enc = cfg.hidden
-        L_dec = cfg.get("decoder_layers", 0) or cfg.num_layers
-        H_dec = cfg.get("decoder_hidden", 0) or D * H_enc
+        E = embed_dim
+        H_enc = hidden
+        L_dec = decoder_layers or num_layers
+        H_dec = decoder_hidden or D * H_enc
         F = D * H_enc  # memory width
 
-        self.share_embeddings = bool(cfg.get("share_embeddings", False))
+        self.share_embeddings = bool(share_embeddings)
         self.src_embed = Embedder(src_vocab_size, E, rngs=rngs)
         if self.share_embeddings:
             if src_vocab_size != tgt_vocab_size:
@@ -112,28 +120,28 @@ class Seq2Seq(nnx.Module):
             self.tgt_embed = self.src_embed
         else:
             self.tgt_embed = Embedder(tgt_vocab_size, E, rngs=rngs)
-        self.encoder = build_encoder(cfg, E, rngs)
+        self.encoder = make_rnn(cell, E, H_enc, num_layers=num_layers, bidirectional=bidirectional,
+                                dropout=dropout, unroll=unroll, rngs=rngs, **dict(cell_kwargs))
 
         if self.attention_name == "none":
             self.attention = None
             dec_in, out_in = E, H_dec
         else:
             self.attention = make_attention(self.attention_name, H_dec, F,
-                                            cfg.get("attention_features", 0), rngs=rngs)
+                                            attention_features, rngs=rngs)
             if self.attention_name == "bahdanau":
                 dec_in, out_in = E + F, H_dec + F
             else:
                 dec_in, out_in = E + (H_dec if self.input_feeding else 0), H_dec
         self.combine = (nnx.Linear(F + H_dec, H_dec, rngs=rngs)
                         if self.attention_name.startswith("luong") else None)
-        self.decoder = make_rnn(cfg.cell, dec_in, H_dec, num_layers=L_dec, dropout=cfg.dropout,
-                                unroll=cfg.get("unroll", 1), rngs=rngs,
-                                **dict(cfg.get("cell_kwargs", {})))
-        self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+        self.decoder = make_rnn(cell, dec_in, H_dec, num_layers=L_dec, dropout=dropout,
+                                unroll=unroll, rngs=rngs, **dict(cell_kwargs))
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.out = nnx.Linear(out_in, tgt_vocab_size, rngs=rngs)
 
         # Bridge: one Linear per carry component per decoder layer, or None (identity/zeros).
-        L_enc = cfg.num_layers
+        L_enc = num_layers
         n_components = len(jax.tree.leaves(self.decoder.layers[0].initialize_carry(1)))
         if self.bridge_mode == "project" and F != H_dec:
             self.bridge = nnx.List([
@@ -141,8 +149,8 @@ class Seq2Seq(nnx.Module):
                 for _ in range(L_dec)])
         else:
             self.bridge = None
-        self.dims = dict(D=D, H_enc=H_enc, H_dec=H_dec, F=F, L_enc=L_enc, L_dec=L_dec,
-                         out_in=out_in, V=tgt_vocab_size)
+        self.dims = {"D": D, "H_enc": H_enc, "H_dec": H_dec, "F": F, "L_enc": L_enc,
+                     "L_dec": L_dec, "out_in": out_in, "V": tgt_vocab_size}
 
     # ------------------------------------------------------------------ encoder
     def encode(self, src: Array, src_lengths: Array) -> tuple[Any, dict[str, Array]]:

@@ -8,36 +8,56 @@ logits for a classifier, values for a regressor.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.models.common import MLP, Embedder, build_encoder, pool
+from rnnjax.models.common import MLP, Embedder, pool
+from rnnjax.nn import make_rnn
 from rnnjax.nn.scan import lengths_to_mask
 from rnnjax.nn.types import Array
 
 
 class SequenceModel(nnx.Module):
-    def __init__(self, cfg, *, out_features: int, vocab_size: int | None = None,
+    """``(B, T)`` ids or ``(B, T, E)`` values -> ``(B, O)``; see the module docstring.
+
+    The arguments other than the sizes and ``pretrained`` are ``config.model``'s keys
+    (``rnnjax/train/defaults.py`` comments them): ``embed_dim`` and ``freeze_embedding``
+    (token inputs only); the recurrent stack's ``cell``, ``hidden``, ``num_layers``,
+    ``bidirectional``, ``dropout``, ``unroll``, ``cell_kwargs``; ``pooling`` (last | mean |
+    max) and ``head_hidden`` (the MLP head's hidden sizes; ``dropout`` applies there too).
+    """
+
+    def __init__(self, *, out_features: int, cell: str, hidden: int, num_layers: int,
+                 bidirectional: bool, dropout: float, unroll: int, cell_kwargs: Mapping[str, Any],
+                 pooling: str, head_hidden: Sequence[int], embed_dim: int,
+                 freeze_embedding: bool, vocab_size: int | None = None,
                  in_features: int | None = None, pretrained: np.ndarray | None = None,
                  rngs: nnx.Rngs):
-        """``cfg`` is ``config.model``. Give ``vocab_size`` for token inputs, else ``in_features``."""
+        """Give ``vocab_size`` for token inputs, else ``in_features`` (``embed_dim`` and
+        ``freeze_embedding`` are then unused)."""
         if (vocab_size is None) == (in_features is None):
             raise ValueError("SequenceModel needs exactly one of vocab_size (token inputs) or "
                              "in_features (real-valued inputs)")
         if vocab_size is not None:
-            self.embed = Embedder(vocab_size, cfg.embed_dim, pretrained=pretrained,
-                                  freeze=cfg.get("freeze_embedding", False), rngs=rngs)
-            in_features = cfg.embed_dim
+            self.embed = Embedder(vocab_size, embed_dim, pretrained=pretrained,
+                                  freeze=freeze_embedding, rngs=rngs)
+            in_features = embed_dim
         else:
             self.embed = None
-        self.encoder = build_encoder(cfg, in_features, rngs)
-        self.pooling = cfg.pooling
-        self.head = MLP(self.encoder.output_features, tuple(cfg.head_hidden), out_features,
-                        dropout=cfg.dropout, rngs=rngs)
+        self.encoder = make_rnn(cell, in_features, hidden, num_layers=num_layers,
+                                bidirectional=bidirectional, dropout=dropout, unroll=unroll,
+                                rngs=rngs, **dict(cell_kwargs))
+        self.pooling = pooling
+        self.head = MLP(self.encoder.output_features, tuple(head_hidden), out_features,
+                        dropout=dropout, rngs=rngs)
 
     def __call__(self, inputs: Array, lengths: Array | None = None) -> Array:
-        """``inputs`` ``(B, T)`` ids or ``(B, T, E)`` values, ``lengths`` ``(B,)`` or None -> ``(B, O)``."""
+        """``inputs`` ``(B, T)`` ids or ``(B, T, E)`` values, ``lengths`` ``(B,)`` or None
+        -> ``(B, O)``."""
         x = self.embed(inputs) if self.embed is not None else inputs
         carries, ys = self.encoder(x, seq_lengths=lengths, return_carry=True)
         if lengths is None:

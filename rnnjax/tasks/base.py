@@ -15,8 +15,8 @@ Tasks must never import the trainer or the CLI.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,61 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rnnjax.data.streams import seed_stream
+
 Batch = dict[str, np.ndarray]
-
-BUILTIN_DIR = Path(__file__).resolve().parent.parent / "data" / "builtin"
-
-
-def resolve_path(path: str) -> Path:
-    """``builtin:NAME`` -> the file shipped in ``rnnjax/data/builtin``; else the path."""
-    if path.startswith("builtin:"):
-        name = path.removeprefix("builtin:")
-        found = sorted(BUILTIN_DIR.glob(f"{name}.*"))
-        if not found:
-            known = sorted(p.stem for p in BUILTIN_DIR.iterdir())
-            raise ValueError(f"unknown builtin text {name!r}; known: {known}")
-        return found[0]
-    if not path:
-        raise ValueError("data.path is empty: give a UTF-8 text file, e.g. "
-                         "--config.data.path=input.txt (or builtin:NAME for a file in rnnjax/data/builtin)")
-    return Path(path)
-
-
-
-
-class SyntheticIterator:
-    """Batch ``i`` is ``generate(np.random.default_rng([seed, i]), batch_size)``.
-
-    Its position is one integer, so a resumed run sees exactly the batches an
-    uninterrupted run would have seen.
-    """
-
-    def __init__(self, generate: Callable[[np.random.Generator, int], Batch], batch_size: int,
-                 seed: int):
-        self.generate = generate
-        self.batch_size = batch_size
-        self.seed = seed
-        self.index = 0
-
-    def __iter__(self) -> Iterator[Batch]:
-        return self
-
-    def __next__(self) -> Batch:
-        batch = self.generate(np.random.default_rng([self.seed, self.index]), self.batch_size)
-        self.index += 1
-        return batch
-
-    def state_dict(self) -> dict:
-        return {"index": self.index, "seed": self.seed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.index, self.seed = int(state["index"]), int(state["seed"])
-
-
-def fixed_batches(generate, batch_size: int, num_batches: int, seed: int) -> list[Batch]:
-    """A fixed evaluation set: ``num_batches`` synthetic batches from a separate seed."""
-    it = SyntheticIterator(generate, batch_size, seed)
-    return [next(it) for _ in range(num_batches)]
 
 
 class Task:
@@ -138,10 +86,38 @@ def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def model_kwargs(model_cls: type, model_config, **given) -> dict[str, Any]:
+    """The keyword arguments for ``model_cls(...)``: ``given``, the rest from ``config.model``.
+
+    Every keyword-only parameter of ``model_cls.__init__`` that ``given`` does not supply is
+    read from ``model_config`` (a nested ConfigDict becomes a plain dict); keys the model does
+    not take are ignored (``config.model`` serves every model). Model parameters that are
+    config keys have no default in the model: their one default is the config schema
+    (``rnnjax/train/defaults.py`` ``base_config`` or the config file), so a missing key is an
+    error here, not a silent second default.
+    """
+    out: dict[str, Any] = {}
+    missing = []
+    for name, p in inspect.signature(model_cls.__init__).parameters.items():
+        if p.kind is not p.KEYWORD_ONLY or name in given:
+            continue
+        if name in model_config:
+            value = model_config[name]
+            out[name] = value.to_dict() if hasattr(value, "to_dict") else value
+        elif p.default is p.empty:
+            missing.append(name)
+    if missing:
+        raise ValueError(f"config.model lacks {missing}, which {model_cls.__name__} needs; add "
+                         f"them (with a comment) to the config file or to base_config() in "
+                         f"rnnjax/train/defaults.py")
+    return {**out, **given}
+
+
 def build(config, workdir: Path | None = None) -> tuple[Task, nnx.Module]:
     """Builds ``(task, model)`` from a config; used by training, evaluation and inference."""
     task = get_task(config.task)(config, workdir)
-    model = task.build_model(nnx.Rngs(params=config.seed, dropout=config.seed + 1))
+    model = task.build_model(nnx.Rngs(params=seed_stream(config.seed, "params"),
+                                      dropout=seed_stream(config.seed, "dropout")))
     return task, model
 
 

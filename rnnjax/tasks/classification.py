@@ -21,8 +21,9 @@ import optax
 
 from rnnjax.data import batching, synthetic, text
 from rnnjax.data.embeddings import load_glove
+from rnnjax.data.streams import SyntheticIterator, fixed_batches, resolve_path, seed_stream
 from rnnjax.models.sequence import SequenceModel
-from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches, resolve_path
+from rnnjax.tasks.base import Task, model_kwargs
 
 SOURCES = ("tsv", "temporal_order", "parity")
 
@@ -72,7 +73,8 @@ class ClassificationTask(Task):
         self.train_data = _drop_empty(seqs, ds.labels[train_idx], "train")
         self.val_data = _drop_empty(val_seqs, ds.labels[val_idx], "val")
         if self.config.model.embedding == "glove":
-            glove = load_glove(d.glove_path, self.vocab, seed=self.config.seed)
+            glove = load_glove(d.glove_path, self.vocab,
+                               seed=seed_stream(self.config.seed, "embedding_init"))
             if glove.matrix.shape[1] != self.config.model.embed_dim:
                 raise ValueError(f"model.embed_dim={self.config.model.embed_dim} but the GloVe "
                                  f"file has {glove.matrix.shape[1]}-d vectors")
@@ -86,12 +88,13 @@ class ClassificationTask(Task):
     # data -------------------------------------------------------------------
     def train_iterator(self, batch_size, seed):
         if self.generate is not None:
-            return SyntheticIterator(self.generate, batch_size, seed)
+            return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
         seqs, labels = self.train_data
         d = self.config.data
         collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
         lengths = np.minimum([len(s) for s in seqs], d.max_len) if d.bucket else None
-        return batching.BatchIterator(len(seqs), batch_size, seed=seed, collate=collate,
+        return batching.BatchIterator(len(seqs), batch_size, seed=seed_stream(seed, "train"),
+                                      collate=collate,
                                       lengths=lengths, labels=labels,
                                       imbalance=d.imbalance or None)
 
@@ -100,13 +103,13 @@ class ClassificationTask(Task):
         # multiple of 32 so only a few shapes (and compiles) occur.
         d = self.config.data
         if d.bucket:
-            return dict(max_len=d.max_len, multiple_of=32)
-        return dict(max_len=d.max_len, pad_to_max_len=True)
+            return {"max_len": d.max_len, "multiple_of": 32}
+        return {"max_len": d.max_len, "pad_to_max_len": True}
 
     def eval_batches(self, batch_size):
         if self.generate is not None:
             return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
-                                 seed=10_000 + self.config.seed)
+                                 seed=seed_stream(self.config.seed, "eval"))
         seqs, labels = self.val_data
         collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
         return list(batching.BatchIterator(len(seqs), batch_size, shuffle=False, collate=collate,
@@ -114,8 +117,9 @@ class ClassificationTask(Task):
 
     # model and objective --------------------------------------------------------
     def build_model(self, rngs):
-        return SequenceModel(self.config.model, out_features=self.num_classes,
-                             vocab_size=self.vocab_size, pretrained=self.pretrained, rngs=rngs)
+        return SequenceModel(**model_kwargs(
+            SequenceModel, self.config.model, out_features=self.num_classes,
+            vocab_size=self.vocab_size, pretrained=self.pretrained, rngs=rngs))
 
     def loss(self, model, batch, task_state, train):
         logits = model(batch["inputs"], batch["lengths"])

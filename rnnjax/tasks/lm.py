@@ -14,7 +14,9 @@ window T), ``val_fraction`` (the last part of the file), ``stateful``.
 
 Evaluation runs over non-overlapping windows of the validation text, each from
 a zero carry. Metrics: nats/token, bits/token (bits/char at char level) and
-perplexity. ``rnnjax sample`` generates text with a temperature, top-k and top-p.
+perplexity. ``rnnjax sample`` (:func:`rnnjax.inference.sample_text`) generates text with
+a temperature, top-k and top-p through :func:`rnnjax.decoding.sample_decode`; this task
+holds the text <-> ids half (:meth:`LMTask.encode_prime`, :meth:`LMTask.decode_tokens`).
 """
 
 from __future__ import annotations
@@ -27,10 +29,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rnnjax import decoding
 from rnnjax.data import batching, text
-from rnnjax.decoding import sample_token
+from rnnjax.data.streams import SyntheticIterator, resolve_path, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
-from rnnjax.tasks.base import SyntheticIterator, Task, resolve_path
+from rnnjax.tasks.base import Task, model_kwargs
+
 
 
 class StreamIterator:
@@ -72,7 +76,9 @@ class StreamIterator:
         self.epoch, self.index = int(state["epoch"]), int(state["index"])
 
 
-#: Special tokens that never occur in an LM's token stream (see LMTask.generate).
+#: Special tokens that never occur in an LM's token stream, so never sampled: the training
+#: stream holds none of them (only ``<unk>`` stands in for out-of-vocabulary tokens), so
+#: whatever probability the model gives them is noise.
 NEVER_SAMPLED = (text.PAD_ID, text.BOS_ID, text.EOS_ID)
 
 
@@ -114,7 +120,7 @@ class LMTask(Task):
             chunk = ids[starts[:, None] + np.arange(T + 1)]
             return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
 
-        return SyntheticIterator(windows, batch_size, seed)
+        return SyntheticIterator(windows, batch_size, seed_stream(seed, "train"))
 
     def eval_batches(self, batch_size):
         T, ids = self.config.data.seq_len, self.corpus.val
@@ -128,7 +134,8 @@ class LMTask(Task):
 
     # model and objective --------------------------------------------------------
     def build_model(self, rngs):
-        return TokenModel(self.config.model, vocab_size=len(self.vocab), rngs=rngs)
+        return TokenModel(**model_kwargs(TokenModel, self.config.model,
+                                         vocab_size=len(self.vocab), rngs=rngs))
 
     def init_task_state(self, model, batch_size):
         if not self.config.data.stateful:
@@ -162,70 +169,40 @@ class LMTask(Task):
             out["bits_per_char"] = out["bits_per_token"]
         return out
 
-    # generation ---------------------------------------------------------------
-    def sample(self, model, prime: str, length: int, temperature: float = 1.0,
-               num: int = 1, seed: int = 0, top_k: int | None = None,
-               top_p: float | None = None) -> list[str]:
-        """Generates ``num`` continuations of ``prime`` of ``length`` tokens, as text.
+    # text <-> ids ---------------------------------------------------------------
+    def encode_prime(self, prime: str) -> np.ndarray:
+        """A prime string -> token ids ``(P,)``, P >= 1: unknown tokens map to ``<unk>``; an
+        empty prime is ``<bos>`` (or id 0 in a vocabulary without one)."""
+        if prime:
+            ids = self.vocab.encode(self.tokenizer(prime))
+            if len(ids):
+                return np.asarray(ids, np.int32)
+        return np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
 
-        Unknown prime tokens map to ``<unk>``; an empty prime starts from ``<bos>`` (or id 0).
-        The sampling arguments are those of :meth:`generate`.
+    def decode_tokens(self, ids) -> str:
+        """Generated token ids -> text (the tokenizer's detokenisation)."""
+        return self.tokenizer.detokenize(self.vocab.decode(np.asarray(ids).tolist()))
+
+    # extras -----------------------------------------------------------------
+    def final_report(self, model, workdir):
+        """Writes ``samples.txt``: 200 tokens from ``<bos>``, temperature 0.8, seed 0.
+
+        The same draw as ``rnnjax sample --length 200 --temperature 0.8`` with an empty
+        prime: :func:`rnnjax.decoding.sample_decode` over :meth:`TokenModel.step`.
         """
-        prime_ids = self.vocab.encode(self.tokenizer(prime)) if prime else \
-            np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
-        out = self.generate(model, prime_ids, length, temperature=temperature, num=num,
-                            seed=seed, top_k=top_k, top_p=top_p)
-        return [prime + self.tokenizer.detokenize(self.vocab.decode(row)) for row in out]
-
-    def generate(self, model, prime_ids, length: int, *, temperature: float = 1.0,
-                 num: int = 1, seed: int = 0, top_k: int | None = None,
-                 top_p: float | None = None) -> np.ndarray:
-        """``num`` continuations of the token ids ``prime_ids`` (P,): (num, length) int32.
-
-        One jitted ``lax.scan``: the prime runs through the sequence form, then each token is
-        drawn by :func:`rnnjax.decoding.sample_token` and fed to the step form.
-        ``temperature = 0`` is greedy; ``top_k`` / ``top_p`` (None = off) keep the k most
-        probable tokens / the nucleus of mass p. ``<pad>``, ``<bos>`` and ``<eos>`` are never
-        drawn: the training stream holds none of them (only ``<unk>`` stands in for
-        out-of-vocabulary tokens), so whatever probability the model gives them is noise.
-        """
-        if length < 1:
-            raise ValueError(f"--length must be >= 1, got {length}")
-        if temperature < 0:
-            raise ValueError(f"--temperature must be >= 0, got {temperature}")
-        allowed = len(self.vocab) - len(NEVER_SAMPLED)
-        if top_k is not None and not 1 <= top_k <= allowed:
-            raise ValueError(f"--top-k must be in [1, {allowed}] (the vocabulary without "
-                             f"<pad>, <bos>, <eos>), got {top_k}")
-        if top_p is not None and not 0.0 < top_p <= 1.0:
-            raise ValueError(f"--top-p must be in (0, 1], got {top_p}")
-        prime_ids = np.asarray(prime_ids, np.int32)
-        if prime_ids.ndim != 1 or prime_ids.size == 0:
-            raise ValueError(f"prime_ids must be a non-empty (P,) array, got shape "
-                             f"{prime_ids.shape}")
         graphdef, state = nnx.split(model)
+        prime = jnp.asarray(self.encode_prime(""))[None]
 
         @jax.jit
-        def run(state, prime_ids, key):
+        def run(state, key):
             m = nnx.merge(graphdef, state)
-            tokens = jnp.broadcast_to(prime_ids, (num, prime_ids.shape[0]))
-            carry, logits = m(tokens)
-            last = logits[:, -1]
+            carry, first = m.prefill(prime)
+            return decoding.sample_decode(m.step, carry, None, bos_id=first, eos_id=text.EOS_ID,
+                                          max_len=200, rng=key, temperature=0.8,
+                                          banned_ids=NEVER_SAMPLED, pad_id=text.PAD_ID).tokens
 
-            def body(c, k):
-                carry, logits = c
-                logits = logits.at[:, NEVER_SAMPLED].set(-jnp.inf)
-                tok = sample_token(k, logits, temperature=temperature, top_k=top_k, top_p=top_p)
-                carry, logits = m.step(carry, tok)
-                return (carry, logits), tok
-
-            _, toks = jax.lax.scan(body, (carry, last), jax.random.split(key, length))
-            return toks.T
-
-        return np.asarray(run(state, jnp.asarray(prime_ids), jax.random.PRNGKey(seed)))
-
-    def final_report(self, model, workdir):
-        samples = self.sample(model, "", 200, temperature=0.8, num=1)
+        tokens = np.asarray(run(state, jax.random.PRNGKey(0)))
+        samples = [self.decode_tokens(row) for row in tokens]
         (Path(workdir) / "samples.txt").write_text("\n---\n".join(samples), encoding="utf-8")
         return {}
 

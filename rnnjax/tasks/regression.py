@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from rnnjax.data import batching, series, synthetic
+from rnnjax.data.streams import SyntheticIterator, fixed_batches, seed_stream
 from rnnjax.models.sequence import SequenceModel
-from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches
+from rnnjax.tasks.base import Task, model_kwargs
 
 SOURCES = ("adding", "mackey_glass", "csv")
 
@@ -57,16 +58,16 @@ class RegressionTask(Task):
 
     def train_iterator(self, batch_size, seed):
         if self.generate is not None:
-            return SyntheticIterator(self.generate, batch_size, seed)
+            return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
         train = self.splits["train"]
-        return batching.BatchIterator(len(train["inputs"]), batch_size, seed=seed,
+        return batching.BatchIterator(len(train["inputs"]), batch_size,
+                                      seed=seed_stream(seed, "train"),
                                       collate=batching.array_collate(train))
 
     def eval_batches(self, batch_size):
         if self.generate is not None:
-            # A fixed eval set from a seed far from any train seed.
             return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
-                                 seed=10_000 + self.config.seed)
+                                 seed=seed_stream(self.config.seed, "eval"))
         val = self.splits["val"]
         it = batching.BatchIterator(len(val["inputs"]), batch_size, shuffle=False,
                                     remainder="pad", num_epochs=1,
@@ -74,8 +75,9 @@ class RegressionTask(Task):
         return list(it)
 
     def build_model(self, rngs):
-        return SequenceModel(self.config.model, out_features=self.out_features,
-                             in_features=self.in_features, rngs=rngs)
+        return SequenceModel(**model_kwargs(
+            SequenceModel, self.config.model, out_features=self.out_features,
+            in_features=self.in_features, rngs=rngs))
 
     def loss(self, model, batch, task_state, train):
         pred = model(batch["inputs"], None)

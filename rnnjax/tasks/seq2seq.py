@@ -11,7 +11,9 @@
 
 and for every source ``reverse_source``: feed each source backwards (Sutskever et
 al. 2014), which puts the first target tokens next to the source tokens they
-depend on for a copy. ``rnnjax decode`` applies the same transforms to its inputs.
+depend on for a copy. ``rnnjax decode`` (:func:`rnnjax.inference.decode_texts`) applies
+the same transforms to its inputs through :meth:`Seq2SeqTask.encode_source` and
+:meth:`Seq2SeqTask.decode_target`.
 
 Batches: ``src`` ``(B, S)`` int32 (right-padded with ``<pad>``), ``src_lengths``
 ``(B,)``, ``decoder_inputs`` ``(B, T)`` (``<bos> y``), ``targets`` ``(B, T)``
@@ -41,7 +43,8 @@ decoder reads the gold previous token, else the model's own previous prediction,
 under ``stop_gradient``. ``free_running`` is ``eps = 0``. The step ``i`` is a counter
 in the task state (``{"step": int32}``), incremented by every train step, so it is
 checkpointed and a resumed run continues the schedule; the coins are drawn from
-``fold_in(PRNGKey(seed + 2), i)``.
+``fold_in(PRNGKey(seed_stream(seed, "coins")), i)`` (``seed + 2``; see
+:data:`rnnjax.data.streams.SEED_STREAMS`).
 
 ``config.decode``: ``beam_size`` (0 skips the beam metric), ``length_penalty``,
 ``alpha`` (see :func:`rnnjax.decoding.beam_search`).
@@ -56,7 +59,6 @@ Tasks must never import the trainer or the CLI.
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -68,12 +70,11 @@ from flax import nnx
 
 from rnnjax import decoding
 from rnnjax.data import synthetic
+from rnnjax.data.streams import SyntheticIterator, fixed_batches, seed_stream
 from rnnjax.data.text import BOS_ID, EOS_ID, PAD_ID, SPECIALS
 from rnnjax.models.lm import token_cross_entropy
 from rnnjax.models.seq2seq import Seq2Seq
-from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches
-
-log = logging.getLogger(__name__)
+from rnnjax.tasks.base import Task, model_kwargs
 
 SOURCES = ("addition", "reverse", "copy")
 MODES = ("teacher_forcing", "free_running", "scheduled_sampling")
@@ -86,16 +87,16 @@ LETTERS = "abcdefghijklmnopqrstuvwxyz"
 # ---------------------------------------------------------------------------
 def check_objective(obj) -> None:
     """Raises ValueError for an unknown mode/schedule or parameters outside their range."""
-    mode = obj.get("mode", "teacher_forcing")
+    mode = obj["mode"]
     if mode not in MODES:
         raise ValueError(f"unknown objective.mode {mode!r}; known: {list(MODES)}")
     if mode != "scheduled_sampling":
         return
-    sched = obj.get("schedule", "inverse_sigmoid")
+    sched = obj["schedule"]
     if sched not in SCHEDULES:
         raise ValueError(f"unknown objective.schedule {sched!r}; known: {list(SCHEDULES)}")
-    k, c = float(obj.get("k", 1.0)), float(obj.get("c", 0.0))
-    floor, ratio = float(obj.get("min_ratio", 0.0)), float(obj.get("ratio", 1.0))
+    k, c = float(obj["k"]), float(obj["c"])
+    floor, ratio = float(obj["min_ratio"]), float(obj["ratio"])
     if not 0.0 <= floor <= 1.0:
         raise ValueError(f"objective.min_ratio must be in [0, 1], got {floor}")
     if sched == "constant" and not 0.0 <= ratio <= 1.0:
@@ -114,30 +115,30 @@ def check_objective(obj) -> None:
 def teacher_forcing_prob(obj, step) -> jax.Array:
     """``eps_i``: the probability of feeding the gold token at train step ``step`` (float32)."""
     check_objective(obj)
-    mode = obj.get("mode", "teacher_forcing")
+    mode = obj["mode"]
     if mode == "teacher_forcing":
         return jnp.float32(1.0)
     if mode == "free_running":
         return jnp.float32(0.0)
     i = jnp.asarray(step, jnp.float32)
-    k, c = float(obj.get("k", 1.0)), float(obj.get("c", 0.0))
-    sched = obj.get("schedule", "inverse_sigmoid")
+    k, c = float(obj["k"]), float(obj["c"])
+    sched = obj["schedule"]
     if sched == "constant":
-        eps = jnp.float32(obj.get("ratio", 1.0))
+        eps = jnp.float32(obj["ratio"])
     elif sched == "linear":
         eps = k - c * i
     elif sched == "exponential":
         eps = jnp.power(jnp.float32(k), i)
     else:  # exp overflows to inf for large i, which gives the right limit 0
         eps = k / (k + jnp.exp(i / k))
-    return jnp.clip(eps, float(obj.get("min_ratio", 0.0)), 1.0).astype(jnp.float32)
+    return jnp.clip(eps, float(obj["min_ratio"]), 1.0).astype(jnp.float32)
 
 
 def _always_teacher_forced(obj) -> bool:
-    mode = obj.get("mode", "teacher_forcing")
+    mode = obj["mode"]
     return mode == "teacher_forcing" or (
-        mode == "scheduled_sampling" and obj.get("schedule") == "constant"
-        and float(obj.get("ratio", 1.0)) == 1.0)
+        mode == "scheduled_sampling" and obj["schedule"] == "constant"
+        and float(obj["ratio"]) == 1.0)
 
 
 # ---------------------------------------------------------------------------
@@ -178,8 +179,8 @@ class Seq2SeqTask(Task):
     def __init__(self, config, workdir=None):
         super().__init__(config, workdir)
         d = config.data
-        self.source = d.get("name", "")
-        self.reverse_source = bool(d.get("reverse_source", False))
+        self.source = d.name
+        self.reverse_source = bool(d.reverse_source)
         if self.source == "addition":
             if not 1 <= d.max_digits <= 17:
                 raise ValueError(f"data.max_digits must be in [1, 17], got {d.max_digits}")
@@ -216,12 +217,11 @@ class Seq2SeqTask(Task):
         self.generate = generate_final
         self.vocab_size = len(self.tokens)
         self._index = {t: i for i, t in enumerate(self.tokens)}
-        self.objective = config.get("objective", None) or {"mode": "teacher_forcing"}
+        self.objective = config.objective
         check_objective(self.objective)
-        dec = config.get("decode", None) or {}
-        self.beam_size = int(dec.get("beam_size", 4))
-        self.length_penalty = dec.get("length_penalty", "gnmt")
-        self.alpha = float(dec.get("alpha", 0.6))
+        self.beam_size = int(config.decode.beam_size)
+        self.length_penalty = config.decode.length_penalty
+        self.alpha = float(config.decode.alpha)
         if self.beam_size < 0:
             raise ValueError(f"decode.beam_size must be >= 0 (0 = no beam metric), got "
                              f"{self.beam_size}")
@@ -229,11 +229,11 @@ class Seq2SeqTask(Task):
 
     # data -------------------------------------------------------------------
     def train_iterator(self, batch_size, seed):
-        return SyntheticIterator(self.generate, batch_size, seed)
+        return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
 
     def eval_batches(self, batch_size):
         return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
-                             seed=10_000 + self.config.seed)
+                             seed=seed_stream(self.config.seed, "eval"))
 
     # text <-> ids -------------------------------------------------------------
     def encode_source(self, text: str) -> np.ndarray:
@@ -280,14 +280,14 @@ class Seq2SeqTask(Task):
             if not 0 <= t < self.vocab_size:
                 raise ValueError(f"token id {t} is outside the vocabulary [0, {self.vocab_size})")
             out.append(self.tokens[t])
-        if self.source == "addition" and self.config.data.get("reverse_target", False):
+        if self.source == "addition" and self.config.data.reverse_target:
             out = out[::-1]
         return "".join(out)
 
     # model and objective --------------------------------------------------------
     def build_model(self, rngs):
-        return Seq2Seq(self.config.model, src_vocab_size=self.vocab_size,
-                       tgt_vocab_size=self.vocab_size, rngs=rngs)
+        return Seq2Seq(**model_kwargs(Seq2Seq, self.config.model, src_vocab_size=self.vocab_size,
+                                      tgt_vocab_size=self.vocab_size, rngs=rngs))
 
     def init_task_state(self, model, batch_size):
         return {"step": jnp.zeros((), jnp.int32)}
@@ -301,18 +301,19 @@ class Seq2SeqTask(Task):
             logits, _ = model.teacher_forced(carry, context, batch["decoder_inputs"])
         else:
             eps = teacher_forcing_prob(self.objective, step)
-            key = jax.random.fold_in(jax.random.PRNGKey(self.config.seed + 2), step)
+            key = jax.random.fold_in(
+                jax.random.PRNGKey(seed_stream(self.config.seed, "coins")), step)
             coin_key, sample_key = jax.random.split(key)
             gold = jax.random.uniform(coin_key, targets.shape) < eps  # one coin per token
             logits, _, _ = model.unroll(
                 carry, context, batch["decoder_inputs"], gold,
-                sample_key if self.objective.get("sample_tokens", False) else None)
+                sample_key if self.objective["sample_tokens"] else None)
             # Step 0 reads <bos> whatever the coin says; count only the coins that mattered.
             real = mask[:, 1:]
             metrics["teacher_forcing_prob"] = eps
             metrics["gold_fraction"] = jnp.sum(gold[:, 1:] * real) / jnp.maximum(
                 jnp.sum(real), 1.0)
-        smoothing = float(self.objective.get("label_smoothing", 0.0))
+        smoothing = float(self.objective["label_smoothing"])
         nats, n = token_cross_entropy(logits, targets, mask, smoothing)
         correct = (jnp.argmax(logits, -1) == targets) * mask
         metrics["token_accuracy"] = jnp.sum(correct) / jnp.maximum(n, 1.0)
@@ -354,70 +355,6 @@ class Seq2SeqTask(Task):
             out["beam_exact_match"] = float(sums["beam_ok"]) / seqs
         return out
 
-    # decoding text --------------------------------------------------------------
-    def decode(self, model, texts: list[str], *, strategy: str = "greedy", beam_size: int = 4,
-               n_best: int = 1, temperature: float = 1.0, top_k: int | None = None,
-               top_p: float | None = None, seed: int = 0, max_len: int | None = None,
-               length_penalty: str | None = None, alpha: float | None = None
-               ) -> list[list[dict[str, Any]]]:
-        """Decodes input strings; returns, per input, a list of hypotheses (best first).
-
-        Each hypothesis is ``{"output": str, "logprob": float}`` plus ``"score"`` (the
-        length-normalised beam score) for beam search. ``strategy`` is ``greedy``,
-        ``beam`` (``n_best`` hypotheses) or ``sample`` (``temperature``, ``top_k``,
-        ``top_p``, ``seed``). ``max_len`` defaults to enough tokens for the longest input.
-        """
-        if strategy not in ("greedy", "beam", "sample"):
-            raise ValueError(f"unknown decoding strategy {strategy!r}; known: greedy, beam, "
-                             f"sample")
-        if not texts:
-            raise ValueError("no inputs to decode: give --input TEXT or --input-file PATH")
-        if strategy != "beam" and n_best != 1:
-            raise ValueError(f"n_best={n_best} needs --strategy beam")
-        ids = [self.encode_source(t) for t in texts]
-        longer = [t.strip() for t in texts if self.beyond_training(t.strip())]
-        if longer:
-            log.warning("%d of %d inputs are longer than any training example (%s), e.g. %r: "
-                        "their outputs test length generalisation, not what was learned.",
-                        len(longer), len(texts), self.training_lengths(), longer[0])
-        S = max(len(x) for x in ids)
-        src = np.full((len(ids), S), PAD_ID, np.int32)
-        for i, x in enumerate(ids):
-            src[i, : len(x)] = x
-        lengths = np.asarray([len(x) for x in ids], np.int32)
-        max_len = max_len or max(self.max_target_len, S + 2)
-        lp = length_penalty or self.length_penalty
-        al = self.alpha if alpha is None else alpha
-        graphdef, state = nnx.split(model)
-
-        @jax.jit
-        def run(state, src, lengths, key):
-            m = nnx.merge(graphdef, state)
-            carry, context = m.encode(src, lengths)
-            kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len, pad_id=PAD_ID)
-            if strategy == "greedy":
-                return decoding.greedy_decode(m.step, carry, context, **kw)
-            if strategy == "sample":
-                return decoding.sample_decode(m.step, carry, context, rng=key,
-                                              temperature=temperature, top_k=top_k,
-                                              top_p=top_p, **kw)
-            return decoding.beam_search(m.step, carry, context, beam_size=beam_size,
-                                        n_best=n_best, length_penalty=lp, alpha=al, **kw)
-
-        out = jax.device_get(run(state, jnp.asarray(src), jnp.asarray(lengths),
-                                 jax.random.PRNGKey(seed)))
-        results = []
-        for i in range(len(texts)):
-            if strategy == "beam":
-                hyps = [{"output": self.decode_target(out.tokens[i, j]),
-                         "score": float(out.scores[i, j]), "logprob": float(out.logprobs[i, j])}
-                        for j in range(n_best) if np.isfinite(out.scores[i, j])]
-            else:
-                hyps = [{"output": self.decode_target(out.tokens[i]),
-                         "logprob": float(out.logprobs[i])}]
-            results.append(hyps)
-        return results
-
     # extras -----------------------------------------------------------------
     def final_report(self, model, workdir):
         """Writes ``samples.txt`` (greedy outputs on eval problems) and, with attention and
@@ -442,7 +379,7 @@ class Seq2SeqTask(Task):
             lines.append(f"{src}\t{self.decode_target(tokens[i])}\t"
                          f"(target {self.decode_target(batch['targets'][i])})")
         Path(workdir, "samples.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        if weights is not None and self.config.train.get("plots", False):
+        if weights is not None and self.config.train.plots:
             self._plot_attention(Path(workdir) / "plots" / "attention.png", batch, weights)
         return {}
 

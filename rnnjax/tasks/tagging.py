@@ -20,8 +20,9 @@ import math
 import jax.numpy as jnp
 
 from rnnjax.data import synthetic
+from rnnjax.data.streams import SyntheticIterator, fixed_batches, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
-from rnnjax.tasks.base import SyntheticIterator, Task, fixed_batches
+from rnnjax.tasks.base import Task, model_kwargs
 
 SOURCES = ("copy", "selective_copy")
 
@@ -48,14 +49,15 @@ class TaggingTask(Task):
             raise ValueError(f"data.loss_on must be 'mask' or 'all', got {d.loss_on!r}")
 
     def train_iterator(self, batch_size, seed):
-        return SyntheticIterator(self.generate, batch_size, seed)
+        return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
 
     def eval_batches(self, batch_size):
         return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
-                             seed=10_000 + self.config.seed)
+                             seed=seed_stream(self.config.seed, "eval"))
 
     def build_model(self, rngs):
-        return TokenModel(self.config.model, vocab_size=self.vocab_size, rngs=rngs)
+        return TokenModel(**model_kwargs(TokenModel, self.config.model,
+                                         vocab_size=self.vocab_size, rngs=rngs))
 
     def loss(self, model, batch, task_state, train):
         _, logits = model(batch["inputs"])
