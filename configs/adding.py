@@ -22,8 +22,8 @@ Variants (``:key=value,...``): cell (lstm|gru|rnn_tanh|rnn_relu|min_gru|min_lstm
 layers (stacked recurrent layers), T (sequence length), smoke (tiny, 4 steps).
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

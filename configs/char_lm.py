@@ -19,8 +19,8 @@ Variants: cell, stateful (truncated BPTT with the carry flowing across batches),
 smoke.
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

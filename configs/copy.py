@@ -14,8 +14,8 @@ tanh RNNs stay at the baseline for delays >= 50.
 Variants: cell, delay, smoke.
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

@@ -17,8 +17,8 @@ constant forecast scores about 1.0) after 2,000 steps, about 2 minutes on a
 Variants: cell, csv (read data.path / data.column instead), smoke.
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

@@ -35,8 +35,8 @@ objective (teacher_forcing|scheduled_sampling|free_running), smoke.
 
 import ml_collections
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

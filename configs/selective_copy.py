@@ -26,8 +26,8 @@ for time-invariant state-space models on this task.
 Variants: cell, layers, smoke.
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

@@ -22,8 +22,8 @@ Variants (``:key=value,...``): cell, T (sequence length), layers, bidirectional,
 smoke (tiny, 4 steps).
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

@@ -22,8 +22,8 @@ validation accuracy about 0.98 and spam F1 about 0.93 after 1,000 steps, about
 Variants: cell, level (word|char), bidirectional, glove (100-d GloVe, frozen), smoke.
 """
 
+from rnnjax.config_schema import base_config, smoke
 from rnnjax.configlib import parse_arg
-from rnnjax.train.defaults import base_config, smoke
 
 
 def get_config(arg=None):

@@ -268,8 +268,8 @@ def cmd_config(argv):
                    help="configs/x.py[:arg]; default: the embedded default job")
     argv, overrides = _split_config_overrides(argv)
     args = p.parse_args(argv)
+    from rnnjax.config_schema import validate
     from rnnjax.configlib import load_config
-    from rnnjax.train.defaults import validate
 
     config = load_config(args.config or str(DEFAULT_CONFIG), overrides)
     validate(config)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from _helpers import results, run_rnnjax
+
 from rnnjax import cli
 
 

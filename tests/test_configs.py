@@ -11,8 +11,8 @@ import re
 
 import ml_collections
 import pytest
-
 from _helpers import CONFIGS, checkpoint_steps, config, results, rows, train
+
 from rnnjax.configlib import apply_overrides, load_config, parse_arg
 
 CONFIG_FILES = sorted(CONFIGS.glob("*.py"))

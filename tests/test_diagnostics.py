@@ -10,8 +10,15 @@ import pytest
 from flax import nnx
 
 from rnnjax.cli import main
-from rnnjax.diagnostics import (diagnose, grad_norms_over_time, hidden_grads, recurrent_cells,
-                                spectral_radii, training_diagnostics, task_loss_fn)
+from rnnjax.diagnostics import (
+    diagnose,
+    grad_norms_over_time,
+    hidden_grads,
+    recurrent_cells,
+    spectral_radii,
+    task_loss_fn,
+    training_diagnostics,
+)
 from rnnjax.nn import CELLS, ElmanCell, make_rnn
 
 
@@ -222,10 +229,9 @@ def test_model_without_recurrent_cells_is_an_error():
 
 def test_trainer_logs_diagnostics_every_n_steps(tmp_path):
     from rnnjax.configlib import load_config
+    from rnnjax.diagnostics import training_hooks
     from rnnjax.train.metrics import read_metrics
     from rnnjax.train.trainer import train_and_evaluate
-
-    from rnnjax.diagnostics import training_hooks
 
     cfg = load_config("configs/adding.py:smoke,T=6,cell=gru", ["train.diagnostics_every=2"])
     train_and_evaluate(cfg, tmp_path, progress=False, hooks=training_hooks(cfg))

@@ -11,13 +11,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import config
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rnnjax.nn import LRUCell, LRUState, Recurrent, make_cell, make_rnn
-
-from _helpers import config
 
 B, T, E, H = 3, 7, 4, 5
 LENGTHS = np.array([7, 3, 1])

@@ -14,7 +14,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from rnnjax.train.defaults import base_config
+from rnnjax.config_schema import base_config
 from rnnjax.train.optim import CLIPS, SCHEDULES, make_clip, make_optimizer, make_schedule
 
 

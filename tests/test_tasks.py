@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from _helpers import config, restored_params, results, train
+
 from rnnjax.data import text
 from rnnjax.data.embeddings import load_glove
 from rnnjax.tasks.classification import ClassificationTask, classification_metrics

@@ -2,7 +2,7 @@
 
 Models take explicit keyword arguments, never a ConfigDict: a task builds them from
 ``config.model`` (``rnnjax.tasks.base.model_kwargs``), whose schema holds the
-defaults and their comments (``rnnjax/train/defaults.py``). Models never import
+defaults and their comments (``rnnjax/config_schema.py``). Models never import
 data loading or training code: a pretrained embedding matrix arrives as an array.
 """
 

@@ -28,7 +28,7 @@ from rnnjax.nn.types import Array
 class TokenModel(nnx.Module):
     """Tokens ``(B, T)`` -> ``(carries, logits (B, T, V_out))``; see the module docstring.
 
-    The arguments are ``config.model``'s keys (``rnnjax/train/defaults.py`` comments them):
+    The arguments are ``config.model``'s keys (``rnnjax/config_schema.py`` comments them):
     ``embed_dim`` E; the recurrent stack's ``cell``, ``hidden`` H, ``num_layers`` L,
     ``bidirectional``, ``dropout`` (between layers and before the output layer), ``unroll``,
     ``cell_kwargs`` (the cell's own options); ``tie_embeddings`` (output layer = the

@@ -25,7 +25,7 @@ class SequenceModel(nnx.Module):
     """``(B, T)`` ids or ``(B, T, E)`` values -> ``(B, O)``; see the module docstring.
 
     The arguments other than the sizes and ``pretrained`` are ``config.model``'s keys
-    (``rnnjax/train/defaults.py`` comments them): ``embed_dim`` and ``freeze_embedding``
+    (``rnnjax/config_schema.py`` comments them): ``embed_dim`` and ``freeze_embedding``
     (token inputs only); the recurrent stack's ``cell``, ``hidden``, ``num_layers``,
     ``bidirectional``, ``dropout``, ``unroll``, ``cell_kwargs``; ``pooling`` (last | mean |
     max) and ``head_hidden`` (the MLP head's hidden sizes; ``dropout`` applies there too).

@@ -93,7 +93,7 @@ def model_kwargs(model_cls: type, model_config, **given) -> dict[str, Any]:
     read from ``model_config`` (a nested ConfigDict becomes a plain dict); keys the model does
     not take are ignored (``config.model`` serves every model). Model parameters that are
     config keys have no default in the model: their one default is the config schema
-    (``rnnjax/train/defaults.py`` ``base_config`` or the config file), so a missing key is an
+    (``rnnjax/config_schema.py`` ``base_config`` or the config file), so a missing key is an
     error here, not a silent second default.
     """
     out: dict[str, Any] = {}
@@ -109,7 +109,7 @@ def model_kwargs(model_cls: type, model_config, **given) -> dict[str, Any]:
     if missing:
         raise ValueError(f"config.model lacks {missing}, which {model_cls.__name__} needs; add "
                          f"them (with a comment) to the config file or to base_config() in "
-                         f"rnnjax/train/defaults.py")
+                         f"rnnjax/config_schema.py")
     return {**out, **given}
 
 

@@ -36,7 +36,6 @@ from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import Task, model_kwargs
 
 
-
 class StreamIterator:
     """Truncated-BPTT batches: B parallel streams, consecutive T-token windows.
 

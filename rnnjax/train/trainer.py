@@ -46,8 +46,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from rnnjax.config_schema import validate
 from rnnjax.tasks.base import build
-from rnnjax.train.defaults import validate
 from rnnjax.train.hooks import Hook
 from rnnjax.train.metrics import MetricWriter, Progress, latest_rows, plot_curves, read_metrics
 from rnnjax.train.optim import make_optimizer, make_schedule

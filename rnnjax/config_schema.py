@@ -1,8 +1,11 @@
-"""The config sections every experiment shares, with their defaults and comments.
+"""The config schema: the sections every experiment shares, their defaults and comments,
+and the checks every run makes of them.
 
 Config files (``configs/*.py``) start from :func:`base_config` and change what
 their experiment needs, so every config has the same keys and a CLI override
-such as ``--config.optim.clip=value`` works everywhere.
+such as ``--config.optim.clip=value`` works everywhere. :func:`validate` checks the
+counts and sizes before anything is built. It sits beside :mod:`rnnjax.configlib`
+(which loads configs) and imports nothing else of rnnjax.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import ml_collections
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
-    c.seed = 0  # parameter init uses seed, dropout seed+1, data order seed
+    c.seed = 0  # every random stream derives from it: rnnjax.data.streams.SEED_STREAMS
     c.task = ""  # module name in rnnjax/tasks/ (regression, classification, lm, tagging, seq2seq)
 
     c.data = ml_collections.ConfigDict()  # task-specific; see the task's docstring
