@@ -165,9 +165,10 @@ def decode_texts(task, model, texts: list[str], *, strategy: str = "greedy", bea
     ids = [task.encode_source(t) for t in texts]
     longer = [t.strip() for t in texts if task.beyond_training(t.strip())]
     if longer:
-        log.warning("%d of %d inputs are longer than any training example (%s), e.g. %r: "
-                    "their outputs test length generalisation, not what was learned.",
-                    len(longer), len(texts), task.training_lengths(), longer[0])
+        log.warning("%d of %d inputs are longer than any training example (%s), e.g. one of "
+                    "%d characters: their outputs test length generalisation, not what was "
+                    "learned.", len(longer), len(texts), task.training_lengths(),
+                    len(longer[0]))
     S = max(len(x) for x in ids)
     src = np.full((len(ids), S), PAD_ID, np.int32)
     for i, x in enumerate(ids):

@@ -322,3 +322,28 @@ def test_configs_resolve_from_the_package_when_not_in_the_cwd(tmp_path, monkeypa
     cfg = load_config("configs/adding.py:smoke")
     assert cfg.train.steps == 4
     assert (configs_dir() / "adding.py").samefile(CONFIGS / "adding.py")
+
+
+# 7. A classification set with one class is refused; a class missing from validation warns;
+# a file too small to split says so.
+def test_a_one_class_dataset_is_refused(tmp_path):
+    data = tmp_path / "one.tsv"
+    data.write_text("".join(f"ham\tmessage number {i}\n" for i in range(40)))
+    with pytest.raises(ValueError, match="one class .*'ham'.*at least 2 classes"):
+        train(config("text_classify.py:smoke", f"data.path={data}"), tmp_path / "run")
+    assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_a_one_line_file_says_too_few_examples(tmp_path):
+    data = tmp_path / "tiny.tsv"
+    data.write_text("ham\thello there\n")
+    with pytest.raises(ValueError, match="too few examples \\(1\\)"):
+        train(config("text_classify.py:smoke", f"data.path={data}"), tmp_path / "run")
+
+
+def test_a_class_missing_from_validation_warns(tmp_path, caplog):
+    from rnnjax.tasks.classification import _check_classes
+
+    with caplog.at_level("WARNING", logger="rnnjax"):
+        _check_classes([0, 1, 2, 0], [0, 1], ["a", "b", "c"], "x.tsv")
+    assert "no example of class(es) ['c']" in caplog.text

@@ -514,6 +514,13 @@ def _sample(capsys, workdir, *args):
     return [s.strip("\n") for s in out.split("-" * 40) if s.strip()]
 
 
+def test_sample_refuses_a_prime_outside_the_vocabulary_as_decode_does(lm_workdir, capsys):
+    assert cli.main(["sample", "--workdir", str(lm_workdir), "--prime", "Shall \u2603 I",
+                     "--length", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary lacks" in err and "\u2603" in err and len(err.strip().splitlines()) == 1
+
+
 def test_sample_prints_text_and_greedy_is_deterministic(lm_workdir, capsys):
     from rnnjax.inference import load_for_inference
     from rnnjax.tasks.lm import NEVER_SAMPLED

@@ -15,6 +15,8 @@ Metrics: accuracy, per-class and macro precision/recall/F1, the confusion matrix
 
 from __future__ import annotations
 
+import logging
+
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -60,6 +62,11 @@ class ClassificationTask(Task):
         self.label_names = ds.label_names
         train_idx, val_idx = batching.split_indices(len(ds), d.val_fraction, seed=d.split_seed,
                                                     stratify=ds.labels)
+        if len(train_idx) == 0 or len(val_idx) == 0:
+            raise ValueError(f"data: {d.path} has too few examples ({len(ds)}) for a train/"
+                             f"validation split with data.val_fraction={d.val_fraction}: give "
+                             f"a file with more labelled lines")
+        _check_classes(ds.labels[train_idx], ds.labels[val_idx], self.label_names, d.path)
         self.tokenizer = text.Tokenizer(d.level, lowercase=d.lowercase)
         train_texts = [ds.texts[i] for i in train_idx]
         self.vocab = text.Vocabulary.build(
@@ -160,11 +167,24 @@ def classification_metrics(confusion: np.ndarray, nll_sum: float, names) -> dict
     return out
 
 
+def _check_classes(train_labels, val_labels, names, path) -> None:
+    """A classifier needs two classes to learn from; a class the validation split lacks is
+    not measured (a warning, since a small file can be like that on purpose)."""
+    present = sorted(set(np.asarray(train_labels).tolist()))
+    if len(present) < 2:
+        only = ", ".join(repr(names[i]) for i in present)
+        raise ValueError(f"data: the training split of {path} holds one class ({only}); a "
+                         f"classifier needs at least 2 classes. Check the label column")
+    missing = sorted(set(range(len(names))) - set(np.asarray(val_labels).tolist()))
+    if missing:
+        logging.getLogger("rnnjax").warning(
+            "data: the validation split of %s has no example of class(es) %s; their recall "
+            "and F1 are not measured", path, [names[i] for i in missing])
+
+
 def _drop_empty(seqs, labels, part):
     keep = [i for i, s in enumerate(seqs) if len(s) > 0]
     if len(keep) < len(seqs):
-        import logging
-
         logging.getLogger("rnnjax").warning("dropped %d empty texts from the %s split",
                                             len(seqs) - len(keep), part)
     if not keep:

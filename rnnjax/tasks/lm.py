@@ -170,10 +170,17 @@ class LMTask(Task):
 
     # text <-> ids ---------------------------------------------------------------
     def encode_prime(self, prime: str) -> np.ndarray:
-        """A prime string -> token ids ``(P,)``, P >= 1: unknown tokens map to ``<unk>``; an
-        empty prime is ``<bos>`` (or id 0 in a vocabulary without one)."""
+        """A prime string -> token ids ``(P,)``, P >= 1; an empty prime is ``<bos>`` (or id 0
+        in a vocabulary without one). A token the vocabulary lacks is an error naming it, as
+        ``rnnjax decode`` refuses characters outside its alphabet."""
         if prime:
-            ids = self.vocab.encode(self.tokenizer(prime))
+            tokens = self.tokenizer(prime)
+            unknown = sorted({t for t in tokens if t not in self.vocab})
+            if unknown:
+                raise ValueError(f"the prime has {len(unknown)} token(s) the model's vocabulary "
+                                 f"lacks: {unknown[:10]}; remove or replace them (the run's "
+                                 f"vocab.json lists its {len(self.vocab)} tokens)")
+            ids = self.vocab.encode(tokens)
             if len(ids):
                 return np.asarray(ids, np.int32)
         return np.array([text.BOS_ID if text.BOS in self.vocab else 0], np.int32)
