@@ -37,6 +37,14 @@ def base_config() -> ml_collections.ConfigDict:
     m.head_hidden = ()  # MLP head hidden sizes
     m.freeze_embedding = False
     m.tie_embeddings = False  # LM: output layer shares the embedding table
+    # LM/tagger: drop whole words (rows of the embedding table, one mask per batch, kept rows
+    # scaled by 1/(1-p); Merity et al. 2017). AWD-LSTM uses 0.1.
+    m.embed_dropout = 0.0
+    # LM/tagger: activation regularisation, ar_alpha * mean(h_dropped ** 2) over the last
+    # layer's outputs, and temporal AR, tar_beta * mean((h_t - h_{t-1}) ** 2) over its
+    # undropped outputs, added to the training loss (AWD-LSTM: alpha 2, beta 1). 0 = off.
+    m.ar_alpha = 0.0
+    m.tar_beta = 0.0
 
     o = c.optim = ml_collections.ConfigDict()
     o.name = "adam"  # any optax optimiser
@@ -138,9 +146,14 @@ def validate(config) -> None:
         if value < low:
             raise ValueError(f"{key}={value}: {what} must be >= {low}; set --config.{key}=N "
                              f"with N >= {low}")
-    dropout = _get(config, "model.dropout")
-    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"model.dropout={dropout}: a dropout rate must be in [0, 1)")
+    for key in ("model.dropout", "model.embed_dropout"):
+        rate = _get(config, key)
+        if rate is not None and not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"{key}={rate}: a dropout rate must be in [0, 1)")
+    for key in ("model.ar_alpha", "model.tar_beta"):
+        value = _get(config, key)
+        if value is not None and not 0.0 <= float(value) < math.inf:
+            raise ValueError(f"{key}={value}: a regularisation weight must be finite and >= 0")
     lr = _get(config, "optim.lr")
     # A negative lr (gradient ascent) is allowed on purpose: tests use it to make a run
     # worse; zero and non-finite values are always mistakes.

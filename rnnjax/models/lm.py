@@ -20,7 +20,7 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder
+from rnnjax.models.common import Embedder, EmbeddingDropout, segment_resets
 from rnnjax.nn import make_rnn
 from rnnjax.nn.types import Array
 
@@ -32,15 +32,20 @@ class TokenModel(nnx.Module):
     ``embed_dim`` E; the recurrent stack's ``cell``, ``hidden`` H, ``num_layers`` L,
     ``bidirectional``, ``dropout`` (between layers and before the output layer), ``unroll``,
     ``cell_kwargs`` (the cell's own options); ``tie_embeddings`` (output layer = the
-    embedding table, needs ``V_out == V`` and ``D*H == E``).
+    embedding table, needs ``V_out == V`` and ``D*H == E``); ``embed_dropout`` (whole words
+    dropped, :class:`rnnjax.models.common.EmbeddingDropout`; the tied output layer reads the
+    undropped table, as in AWD-LSTM).
     """
 
     def __init__(self, *, vocab_size: int, embed_dim: int, cell: str, hidden: int,
                  num_layers: int, bidirectional: bool, dropout: float, unroll: int,
-                 cell_kwargs: Mapping[str, Any], tie_embeddings: bool,
+                 cell_kwargs: Mapping[str, Any], tie_embeddings: bool, embed_dropout: float,
                  out_vocab_size: int | None = None, rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
         self.embed = Embedder(vocab_size, embed_dim, rngs=rngs)
+        # None at rate 0, so a model without it has exactly the state it always had.
+        self.embed_drop = (EmbeddingDropout(embed_dropout, vocab_size, rngs=rngs)
+                           if embed_dropout else None)
         self.encoder = make_rnn(cell, embed_dim, hidden, num_layers=num_layers,
                                 bidirectional=bidirectional, dropout=dropout, unroll=unroll,
                                 rngs=rngs, **dict(cell_kwargs))
@@ -60,13 +65,30 @@ class TokenModel(nnx.Module):
                       layer.backward.initialize_carry(batch_size))
                 for layer in self.encoder.layers]
 
-    def __call__(self, tokens: Array, lengths: Array | None = None, carry=None):
-        """``tokens`` ``(B, T)`` -> ``(carries, logits (B, T, V))``."""
+    def __call__(self, tokens: Array, lengths: Array | None = None, carry=None, *,
+                 segment_ids: Array | None = None, return_hidden: bool = False):
+        """``tokens`` ``(B, T)`` -> ``(carries, logits (B, T, V))``.
+
+        ``segment_ids`` ``(B, T)`` int (packed rows, :mod:`rnnjax.data.packing`: 1, 2, ...
+        per segment, 0 on padding): every segment starts from the initial carry, so its
+        outputs are those of the segment run alone. ``return_hidden`` adds a third value
+        ``(h, h_dropped)``, the last layer's outputs ``(B, T, D*H)`` before and after the
+        output dropout, for AR/TAR (:func:`rnnjax.models.common.activation_regularizers`).
+        """
         x = self.embed(tokens)
+        if self.embed_drop is not None:
+            x = self.embed_drop(x, tokens)
+        extra = {}
+        if segment_ids is not None:
+            extra["resets"] = segment_resets(segment_ids)
+            if lengths is None:
+                lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
         carries, ys = self.encoder(x, seq_lengths=lengths, initial_carry=carry,
-                                   return_carry=True)
-        ys = self.dropout(ys)
-        logits = self.embed.attend(ys) if self.tie else self.out(ys)
+                                   return_carry=True, **extra)
+        dropped = self.dropout(ys)
+        logits = self.embed.attend(dropped) if self.tie else self.out(dropped)
+        if return_hidden:
+            return carries, logits, (ys, dropped)
         return carries, logits
 
     def step(self, carry, tokens: Array, context=None):

@@ -33,7 +33,7 @@ from rnnjax import decoding
 from rnnjax.data import batching, text
 from rnnjax.data.streams import SyntheticIterator, resolve_path, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
-from rnnjax.tasks.base import Task, model_kwargs
+from rnnjax.tasks.base import Task, activation_penalty, model_kwargs
 
 
 class StreamIterator:
@@ -148,11 +148,14 @@ class LMTask(Task):
             carry = jax.tree.map(
                 lambda c: jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, 0.0),
                 task_state["carry"])
-        carries, logits = model(batch["inputs"], carry=carry)
-        nats, n = token_cross_entropy(logits, batch["targets"],
-                                      jnp.ones(batch["targets"].shape, jnp.float32))
+        carries, logits, hidden = model(batch["inputs"], carry=carry, return_hidden=True)
+        mask = jnp.ones(batch["targets"].shape, jnp.float32)
+        nats, n = token_cross_entropy(logits, batch["targets"], mask)
+        penalty, metrics = activation_penalty(self.config.model, hidden, mask)
         new_state = {"carry": carries} if self.config.data.stateful else task_state
-        return nats / n, ({}, new_state)
+        if metrics:
+            metrics["nats_per_token"] = nats / n
+        return nats / n + penalty, (metrics, new_state)
 
     def eval_sums(self, model, batch):
         _, logits = model(batch["inputs"])
