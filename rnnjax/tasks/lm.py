@@ -14,7 +14,9 @@ window T), ``val_fraction`` (the last part of the file), ``stateful``.
 
 Evaluation runs over non-overlapping windows of the validation text, each from
 a zero carry. Metrics: nats/token, bits/token (bits/char at char level) and
-perplexity. ``rnnjax sample`` (:func:`rnnjax.inference.sample_text`) generates text with
+perplexity; with ``data.train_eval_batches`` > 0 the same on windows of the train
+text (``train_*``, in eval mode) and the gap ``gap_bits_per_token``.
+``rnnjax sample`` (:func:`rnnjax.inference.sample_text`) generates text with
 a temperature, top-k and top-p through :func:`rnnjax.decoding.sample_decode`; this task
 holds the text <-> ids half (:meth:`LMTask.encode_prime`, :meth:`LMTask.decode_tokens`).
 """
@@ -122,13 +124,25 @@ class LMTask(Task):
         return SyntheticIterator(windows, batch_size, seed_stream(seed, "train"))
 
     def eval_batches(self, batch_size):
-        T, ids = self.config.data.seq_len, self.corpus.val
-        n = (len(ids) - 1) // T
-        n = min(n, batch_size * self.config.train.eval_batches)
+        """Windows of the validation text; with ``data.train_eval_batches`` > 0, also that
+        many batches of windows from the start of the train text, marked ``is_train``, so
+        :meth:`summarize` reports ``train_*`` metrics (in eval mode: no dropout) and the
+        train-validation gap ``gap_bits_per_token``."""
+        out = self._windows(self.corpus.val, batch_size, self.config.train.eval_batches,
+                            is_train=False)
+        n_train = int(self.config.data.get("train_eval_batches", 0))
+        if n_train:
+            out += self._windows(self.corpus.train, batch_size, n_train, is_train=True)
+        return out
+
+    def _windows(self, ids, batch_size, max_batches, *, is_train):
+        T = self.config.data.seq_len
+        n = min((len(ids) - 1) // T, batch_size * max_batches)
         x = np.stack([ids[i * T: i * T + T] for i in range(n)])
         y = np.stack([ids[i * T + 1: i * T + T + 1] for i in range(n)])
+        arrays = {"inputs": x, "targets": y, "is_train": np.full(n, is_train)}
         it = batching.BatchIterator(n, batch_size, shuffle=False, remainder="pad", num_epochs=1,
-                                    collate=batching.array_collate({"inputs": x, "targets": y}))
+                                    collate=batching.array_collate(arrays))
         return list(it)
 
     # model and objective --------------------------------------------------------
@@ -160,16 +174,25 @@ class LMTask(Task):
     def eval_sums(self, model, batch):
         _, logits = model(batch["inputs"])
         valid = batch["batch_mask"][:, None] & jnp.ones(batch["targets"].shape, bool)
-        nats, n = token_cross_entropy(logits, batch["targets"], valid)
-        return {"nats": nats, "n": n}
+        is_train = batch["is_train"][:, None]
+        val_nats, val_n = token_cross_entropy(logits, batch["targets"], valid & ~is_train)
+        train_nats, train_n = token_cross_entropy(logits, batch["targets"], valid & is_train)
+        return {"nats": val_nats, "n": val_n, "train_nats": train_nats, "train_n": train_n}
 
     def summarize(self, sums):
-        nats = float(sums["nats"]) / float(sums["n"])
+        out = self._metrics(float(sums["nats"]) / float(sums["n"]), "")
+        if float(sums.get("train_n", 0)) > 0:
+            out.update(self._metrics(float(sums["train_nats"]) / float(sums["train_n"]),
+                                     "train_"))
+            out["gap_bits_per_token"] = out["bits_per_token"] - out["train_bits_per_token"]
+        return out
+
+    def _metrics(self, nats, prefix):
         out = {"nats_per_token": nats, "bits_per_token": nats / math.log(2),
                "perplexity": math.exp(min(nats, 700.0))}
         if self.config.data.level == "char":
             out["bits_per_char"] = out["bits_per_token"]
-        return out
+        return {prefix + k: v for k, v in out.items()}
 
     # text <-> ids ---------------------------------------------------------------
     def encode_prime(self, prime: str) -> np.ndarray:
