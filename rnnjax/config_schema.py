@@ -21,6 +21,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ""  # module name in rnnjax/tasks/ (regression, classification, lm, tagging, seq2seq)
 
     c.data = ml_collections.ConfigDict()  # task-specific; see the task's docstring
+    # Pack short sequences into rows of data.max_len (classification) or data.seq_len (lm,
+    # char level: lines) with segment_ids, first-fit decreasing (rnnjax/data/packing.py);
+    # the recurrent layers restart at every segment. Tasks without packing ignore it.
+    c.data.pack = False
 
     m = c.model = ml_collections.ConfigDict()
     m.cell = "lstm"  # lstm | gru | rnn_tanh | rnn_relu | min_gru | min_lstm

@@ -6,6 +6,8 @@ window T), ``val_fraction`` (the last part of the file), ``stateful``.
 
 * ``stateful = False``: each train batch is B random windows of T+1 tokens; the
   carry starts at zero.
+* ``pack = True`` (char level): the train text's lines packed into rows of T
+  (:mod:`rnnjax.data.packing`); each line sees only its own context.
 * ``stateful = True`` (truncated BPTT): the train text is cut into B parallel
   streams; batch i holds window i of every stream and the carry flows from one
   batch to the next (no gradient across the boundary). It is part of the train
@@ -32,7 +34,7 @@ import numpy as np
 from flax import nnx
 
 from rnnjax import decoding
-from rnnjax.data import batching, text
+from rnnjax.data import batching, packing, text
 from rnnjax.data.streams import SyntheticIterator, resolve_path, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import Task, activation_penalty, model_kwargs
@@ -110,6 +112,8 @@ class LMTask(Task):
     # data -------------------------------------------------------------------
     def train_iterator(self, batch_size, seed):
         T, ids = self.config.data.seq_len, self.corpus.train
+        if self.config.data.get("pack", False):
+            return self._packed_lines(ids, batch_size, seed_stream(seed, "train"))
         if self.config.data.stateful:
             return StreamIterator(ids, batch_size, T)
         if len(ids) < T + 2:
@@ -122,6 +126,34 @@ class LMTask(Task):
             return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
 
         return SyntheticIterator(windows, batch_size, seed_stream(seed, "train"))
+
+    def _packed_lines(self, ids, batch_size, seed):
+        """``data.pack``: the train text's lines packed into rows of ``data.seq_len``.
+
+        Segment k runs from the newline that ends line k-1 to the one that ends line k, so
+        its inputs start with that newline (a beginning-of-line token) and every token after
+        the first newline is a target exactly once, with the context of its own line only.
+        A line longer than ``seq_len`` is cut into pieces of ``seq_len`` steps.
+        """
+        d = self.config.data
+        if d.stateful:
+            raise ValueError("data.pack and data.stateful exclude each other: packed lines "
+                             "start from a zero carry")
+        if d.level != "char" or "\n" not in self.vocab:
+            raise ValueError("data.pack for an LM packs lines, so it needs data.level=char "
+                             "(word-level tokens carry no line breaks)")
+        T = d.seq_len
+        nl = np.flatnonzero(ids == self.vocab.encode(["\n"])[0])
+        inputs, targets = [], []
+        for a, b in zip(nl[:-1], nl[1:]):
+            for s in range(a, b, T):  # pieces of at most T steps: ids[s : e + 1]
+                e = min(s + T, b)
+                inputs.append(ids[s:e])
+                targets.append(ids[s + 1:e + 1])
+        if not inputs:
+            raise ValueError("data.pack: the train text has fewer than two line breaks")
+        return packing.PackedIterator(inputs, T, batch_size, seed=seed,
+                                      step_values={"targets": targets})
 
     def eval_batches(self, batch_size):
         """Windows of the validation text; with ``data.train_eval_batches`` > 0, also that
@@ -162,10 +194,12 @@ class LMTask(Task):
             carry = jax.tree.map(
                 lambda c: jnp.where(keep.reshape((-1,) + (1,) * (c.ndim - 1)), c, 0.0),
                 task_state["carry"])
-        carries, logits, hidden = model(batch["inputs"], carry=carry, return_hidden=True)
-        mask = jnp.ones(batch["targets"].shape, jnp.float32)
+        seg = batch.get("segment_ids")  # packed lines (data.pack)
+        carries, logits, hidden = model(batch["inputs"], carry=carry, segment_ids=seg,
+                                        return_hidden=True)
+        mask = jnp.ones(batch["targets"].shape, jnp.float32) if seg is None else seg > 0
         nats, n = token_cross_entropy(logits, batch["targets"], mask)
-        penalty, metrics = activation_penalty(self.config.model, hidden, mask)
+        penalty, metrics = activation_penalty(self.config.model, hidden, mask, seg)
         new_state = {"carry": carries} if self.config.data.stateful else task_state
         if metrics:
             metrics["nats_per_token"] = nats / n
