@@ -2,7 +2,8 @@
 
 ``config.data``: ``path`` (a text file, or ``builtin:NAME`` for a small text
 shipped with rnnjax), ``level`` (``char``/``word``), ``seq_len`` (the BPTT
-window T), ``val_fraction`` (the last part of the file), ``stateful``.
+window T), ``val_fraction`` (the last part of the file), ``val_path`` (optional: a
+separate validation file instead, e.g. PTB's ``ptb.valid.txt``), ``stateful``.
 
 * ``stateful = False``: each train batch is B random windows of T+1 tokens; the
   carry starts at zero.
@@ -25,6 +26,7 @@ holds the text <-> ids half (:meth:`LMTask.encode_prime`, :meth:`LMTask.decode_t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -97,10 +99,14 @@ class LMTask(Task):
         vocab = None
         if workdir is not None and (Path(workdir) / "vocab.json").exists():
             vocab = text.Vocabulary.load(Path(workdir) / "vocab.json")  # same ids on resume
+        val_path = d.get("val_path", "")
         self.corpus = text.load_lm_corpus(path, tokenizer=self.tokenizer, vocab=vocab,
-                                          val_fraction=d.val_fraction, min_freq=d.min_freq,
-                                          max_size=d.max_vocab or None)
+                                          val_fraction=0.0 if val_path else d.val_fraction,
+                                          min_freq=d.min_freq, max_size=d.max_vocab or None)
         self.vocab = self.corpus.vocab
+        if val_path:  # a separate validation file (PTB, WikiText-2), in the train vocabulary
+            val_ids = self.vocab.encode(self.tokenizer(text.read_text(resolve_path(val_path))))
+            self.corpus = dataclasses.replace(self.corpus, val=np.asarray(val_ids, np.int32))
         if len(self.corpus.val) < d.seq_len + 1:
             raise ValueError(f"the validation part ({len(self.corpus.val)} tokens) is shorter "
                              f"than data.seq_len + 1 = {d.seq_len + 1}; raise data.val_fraction "
