@@ -75,8 +75,20 @@ def cmd_train(argv):
                    help="one vmapped member's overrides of seed and/or optim.lr, e.g. "
                         "--member seed=1 --member seed=2,optim.lr=0.01; one per --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    dist = p.add_argument_group(
+        "multi-process training (jax.distributed; see docs/cluster.md)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="run as one of N processes; N, the rank and the coordinator are "
+                           "auto-detected (SLURM, Open MPI, Kubernetes, Cloud TPU)")
+    dist.add_argument("--coordinator", default=None, help="host:port of process 0")
+    dist.add_argument("--num-processes", type=int, default=None)
+    dist.add_argument("--process-id", type=int, default=None)
     argv, overrides = _split_config_overrides(argv)
     args = p.parse_args(argv)
+    if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
+        from rnnjax.train.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
     from rnnjax.configlib import load_config, split_spec
     from rnnjax.diagnostics import training_hooks
     from rnnjax.train.trainer import NonFiniteLossError, train_members
