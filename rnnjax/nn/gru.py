@@ -33,6 +33,8 @@ from rnnjax.nn.fused import (
     lanes_for,
 )
 from rnnjax.nn.gated import GatedCell
+from rnnjax.nn.regularizers import Regularised
+from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array
 
 
@@ -65,7 +67,7 @@ def _blocks(a: Array, H: int) -> tuple[Array, Array, Array]:
     return a[..., :H], a[..., H : 2 * H], a[..., 2 * H :]
 
 
-class GRUCell(GatedCell):
+class GRUCell(Regularised, GatedCell):
     """GRU, PyTorch/cuDNN layout (see the module docstring). Carry and output: ``h`` ``(B, H)``.
 
     Args:
@@ -75,6 +77,7 @@ class GRUCell(GatedCell):
         and a plain projection matmul; forward-mode autodiff works).
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
+      weight_drop, zoneout: as :class:`rnnjax.nn.LSTMCell` (zoneout on ``h``).
       Others as :class:`rnnjax.nn.gated.GatedCell`.
     """
 
@@ -82,14 +85,19 @@ class GRUCell(GatedCell):
     gate_names = ("r", "z", "n")
 
     def __init__(self, in_features: int, hidden_features: int, *, reset_before: bool = False,
-                 lanes: int | None = None, **kwargs):
+                 lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 **kwargs):
         self.reset_before = reset_before
         if lanes is not None and lanes < 1:
             raise ValueError(f"GRUCell: lanes must be None or >= 1, got {lanes}")
         self.lanes = lanes
+        self.zoneout = zoneout  # read by _unfusable during GatedCell.__init__
         super().__init__(in_features, hidden_features, **kwargs)
+        self._init_regularizers(weight_drop, zoneout, kwargs.get("rngs"))
 
     def _unfusable(self):
+        if self.zoneout:
+            return "zoneout runs the plain scan (the fused loop has no zoneout)"
         if self.reset_before:
             return "the fused loop is the cuDNN form only, and this cell has reset_before=True"
         return super()._unfusable()
@@ -102,16 +110,20 @@ class GRUCell(GatedCell):
             return self._p("b_ih") + b_hh
         return self._p("b_ih") + jnp.concatenate([b_hh[: 2 * H], jnp.zeros_like(b_hh[2 * H :])])
 
-    def _gates(self, h, xp):
+    def _gates(self, h, xp, w_hh=None):
         H = self.hidden_features
         b_hn = None if self.reset_before else self._p("b_hh")[2 * H :]
-        return gru_gates(h, *_blocks(xp, H), *_blocks(self._p("w_hh"), H), b_hn)
+        w_hh = self._p("w_hh") if w_hh is None else w_hh
+        return gru_gates(h, *_blocks(xp, H), *_blocks(w_hh, H), b_hn)
 
-    def step_projected(self, carry, xp):
+    def _step(self, carry, xp, w_hh):
         h = carry
-        _, z, n, _ = self._gates(h, xp)
+        _, z, n, _ = self._gates(h, xp, w_hh)
         h = n + z * (h - n)  # == (1 - z) n + z h
         return h, h
+
+    def step_projected(self, carry, xp):
+        return self._step_with_regularizers(carry, xp)
 
     def gate_activations(self, carry, xp_t):
         r, z, n, _ = self._gates(carry, xp_t)
@@ -119,13 +131,16 @@ class GRUCell(GatedCell):
 
     def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         # Why: as LSTMCell.scan_projected; only the cuDNN form (reset_before=False) is fused.
-        w_hh = self._p("w_hh")
+        w_hh = self._w_hh()  # one weight-drop mask for the whole call
+        step = partial(self._step, w_hh=w_hh)
+        if self.zone is not None:
+            return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
+                                      resets=resets)
         if self._fuse(xp, w_hh, carry):
             H = self.hidden_features
             return gru_scan(w_hh, self._p("b_hh")[2 * H :], xp, carry, mask,
                             reverse=reverse, unroll=unroll, lanes=self.lanes, resets=resets)
-        return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll,
-                                      resets=resets)
+        return masked_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll, resets=resets)
 
     def initialize_carry(self, batch_shape, dtype=None):
         return self._zeros(batch_shape, dtype)

@@ -237,10 +237,15 @@ class Recurrent(nnx.Module):
             if jax.tree.structure(initial_carry) != want:
                 raise ValueError(f"{where}: initial_carry must have structure {want}, "
                                  f"got {jax.tree.structure(initial_carry)}")
-            for leaf in jax.tree.leaves(initial_carry):
-                if leaf.shape != (B, self.cell.hidden_features):
-                    raise ValueError(f"{where}: initial_carry leaves must be (B, H) = "
-                                     f"({B}, {self.cell.hidden_features}), got {leaf.shape}")
+            # Shapes from the cell's own zero carry: not every leaf is (B, H) (the LSTMP's
+            # h is (B, P)).
+            zero = self.cell.initialize_carry((B,))
+            for leaf, ref in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(zero)):
+                if leaf.shape != ref.shape:
+                    want = ("(B, H) = " if ref.shape == (B, self.cell.hidden_features)
+                            else "") + str(tuple(ref.shape))
+                    raise ValueError(f"{where}: initial_carry leaves must be {want}, got "
+                                     f"{leaf.shape}")
         xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps
         probe = _PROBE.get()
         scan = self.cell.scan_projected if probe is None else partial(probe.scan, self.cell)

@@ -31,6 +31,8 @@ from rnnjax.nn.fused import (
     lanes_for,
 )
 from rnnjax.nn.gated import GatedCell
+from rnnjax.nn.regularizers import Regularised
+from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array, LSTMState
 
 
@@ -57,7 +59,7 @@ def lstm_gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
     return s[:, :H], s[:, H : 2 * H], s[:, 2 * H : 3 * H], s[:, 3 * H :]
 
 
-class LSTMCell(GatedCell):
+class LSTMCell(Regularised, GatedCell):
     """LSTM, PyTorch layout (see the module docstring).
 
     Carry: :class:`LSTMState` ``(h, c)``, each ``(B, H)``; output ``h`` ``(B, H)``.
@@ -70,6 +72,9 @@ class LSTMCell(GatedCell):
         autodiff works). All give the same numbers to float rounding.
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
+      weight_drop: DropConnect rate on ``w_hh``, one mask per call (Merity et al. 2017;
+        :mod:`rnnjax.nn.regularizers`); the fused loop runs on the dropped kernel.
+      zoneout: zoneout rate on ``h`` and ``c`` (Krueger et al. 2016); runs the plain scan.
       Others as :class:`rnnjax.nn.gated.GatedCell`.
     """
 
@@ -77,8 +82,11 @@ class LSTMCell(GatedCell):
     gate_names = ("i", "f", "g", "o")
 
     def __init__(self, in_features: int, hidden_features: int, *, forget_bias: float = 1.0,
-                 lanes: int | None = None, **kwargs):
+                 lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 **kwargs):
+        self.zoneout = zoneout  # read by _unfusable during GatedCell.__init__
         super().__init__(in_features, hidden_features, **kwargs)
+        self._init_regularizers(weight_drop, zoneout, kwargs.get("rngs"))
         if lanes is not None and lanes < 1:
             raise ValueError(f"LSTMCell: lanes must be None or >= 1, got {lanes}")
         self.forget_bias = forget_bias
@@ -86,16 +94,24 @@ class LSTMCell(GatedCell):
         h = hidden_features
         self.b_hh[...] = self.b_hh[...].at[h : 2 * h].add(forget_bias)
 
-    def _gates(self, carry, xp):
-        h = carry[0]
-        return lstm_gates(xp + h @ self._p("w_hh"), lstm_gate_scale(self.hidden_features,
-                                                                     xp.dtype))
+    def _unfusable(self):
+        if self.zoneout:
+            return "zoneout runs the plain scan (the fused loop has no zoneout)"
+        return super()._unfusable()
 
-    def step_projected(self, carry, xp):
-        i, f, gs, o = self._gates(carry, xp)
+    def _gates(self, carry, xp, w_hh=None):
+        h = carry[0]
+        w_hh = self._p("w_hh") if w_hh is None else w_hh
+        return lstm_gates(xp + h @ w_hh, lstm_gate_scale(self.hidden_features, xp.dtype))
+
+    def _step(self, carry, xp, w_hh):
+        i, f, gs, o = self._gates(carry, xp, w_hh)
         c = f * carry[1] + i * (2 * gs - 1)
         h = o * jnp.tanh(c)
         return LSTMState(h, c), h
+
+    def step_projected(self, carry, xp):
+        return self._step_with_regularizers(carry, xp)
 
     def gate_activations(self, carry, xp_t):
         i, f, gs, o = self._gates(carry, xp_t)
@@ -104,12 +120,15 @@ class LSTMCell(GatedCell):
 
     def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         # Why: the fused loop has a hand-written VJP that trains faster on XLA:CPU.
-        w_hh = self._p("w_hh")
+        w_hh = self._w_hh()  # one weight-drop mask for the whole call
+        step = partial(self._step, w_hh=w_hh)
+        if self.zone is not None:
+            return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
+                                      resets=resets)
         if self._fuse(xp, w_hh, carry):
             return lstm_scan(w_hh, xp, carry, mask, reverse=reverse, unroll=unroll,
                              lanes=self.lanes, resets=resets)
-        return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll,
-                                      resets=resets)
+        return masked_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll, resets=resets)
 
     def initialize_carry(self, batch_shape, dtype=None):
         z = self._zeros(batch_shape, dtype)
