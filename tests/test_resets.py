@@ -34,6 +34,8 @@ MODES: dict[str, list[dict]] = {
     "min_lstm": [{"scan_mode": "sequential"}, {"scan_mode": "associative"},
                  {"scan_mode": "log_space"}],
     "lru": [{"scan_mode": "sequential"}, {"scan_mode": "associative"}],
+    "lstmp": [{"proj_size": 2}],
+    "peephole_lstm": [{}, {"zoneout": 0.2}],  # zoneout (eval mode here): the zoned scan
     "indrnn": [{"activation": "relu"}, {"activation": "identity", "scan_mode": "sequential"},
                {"activation": "identity", "scan_mode": "associative"}],
 }
@@ -72,9 +74,11 @@ def build(name, kw, reverse_too: bool):
         cell = make_cell(name, E, H, rngs=nnx.Rngs(seed), **kw)
         return Recurrent(cell, reverse=reverse, return_carry=True)
 
-    if reverse_too:
-        return Bidirectional(rec(False, 0), rec(True, 1), return_carry=True)
-    return rec(False, 0)
+    # Eval mode: a regulariser's random masks would differ between the two runs compared.
+    layer = (Bidirectional(rec(False, 0), rec(True, 1), return_carry=True) if reverse_too
+             else rec(False, 0))
+    layer.eval()
+    return layer
 
 
 def check_packed(layer, segments, seed=0, bidirectional=False):
