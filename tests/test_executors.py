@@ -201,7 +201,7 @@ def test_optuna_prunes_a_trial_from_its_logged_eval_metric(tmp_path):
     optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))
     # ThresholdPruner(upper=0): any eval MSE prunes at the first report, deterministically.
     desc = _search(n_trials=1, pruner="threshold", pruner_kwargs={"upper": 0.0})
-    desc["fixed"].update({"train.steps": 100000, "train.eval_every": 2,
+    desc["fixed"].update({"train.steps": 3000, "train.eval_every": 2,
                           "train.checkpoint_every": 1000})
     root = tmp_path / "root"
     study = study_from_dict(desc, name="prune")

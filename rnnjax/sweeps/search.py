@@ -56,7 +56,7 @@ from rnnjax.sweeps.study import (
 from rnnjax.train.metrics import read_metrics
 from rnnjax.train.workdir import Workdir
 
-_STUDIES: dict[tuple[str, str], Any] = {}
+_STUDIES: dict[tuple[str, str, str], Any] = {}
 _STUDIES_LOCK = threading.Lock()
 
 
@@ -70,13 +70,17 @@ def _optuna():
     return optuna
 
 
-def _load(url: str, name: str):
-    """One Optuna study object per storage and name in this process (its threads share
-    the storage's connection pool: SQLite wants few writers)."""
+def _load(url: str, name: str, spec: dict):
+    """One Optuna study object per storage, name and pruner in this process (its threads
+    share the storage's connection pool: SQLite wants few writers). The pruner is not
+    in the storage: ``should_prune`` asks the one given here."""
+    key = (url, name, json.dumps([spec["pruner"], spec["pruner_kwargs"]], sort_keys=True))
     with _STUDIES_LOCK:
-        if (url, name) not in _STUDIES:
-            _STUDIES[(url, name)] = _optuna().load_study(study_name=name, storage=url)
-        return _STUDIES[(url, name)]
+        if key not in _STUDIES:
+            optuna = _optuna()
+            _STUDIES[key] = optuna.load_study(study_name=name, storage=url,
+                                              pruner=_pruner(optuna, spec))
+        return _STUDIES[key]
 
 
 def _sampler(optuna, spec: dict):
@@ -153,6 +157,7 @@ class OptunaPruning:
     metrics_path: str
     split: str
     key: str
+    pruner: dict  # {"pruner": name, "pruner_kwargs": {...}}
 
     def __getstate__(self):
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -163,7 +168,7 @@ class OptunaPruning:
     def should_stop(self) -> bool:
         optuna = _optuna()
         if not hasattr(self, "_trial"):
-            study = _load(self.storage, self.study_name)
+            study = _load(self.storage, self.study_name, self.pruner)
             self._trial = optuna.trial.Trial(study, self.trial_id)
             # A resumed trial has reported some steps already: report only new ones.
             frozen = study._storage.get_trial(self.trial_id)
@@ -232,7 +237,9 @@ class OptunaSource:
         monitor = None
         if self.spec["pruner"] != "none":
             monitor = OptunaPruning(self.storage_url, self.study.name, trial_id,
-                                    str(wd.metrics_path), self.split, self.key)
+                                    str(wd.metrics_path), self.split, self.key,
+                                    {"pruner": self.spec["pruner"],
+                                     "pruner_kwargs": self.spec["pruner_kwargs"]})
         job = Job(trial.name, trial.command(self.python), wd.stdout_path, wd.stderr_path,
                   self.timeout, monitor)
         return _SearchUnit(job, [trial], trial.name, trial_id)
