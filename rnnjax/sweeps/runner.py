@@ -55,7 +55,8 @@ def _tail(path: Path, chars: int = 4000) -> str:
 class _Book:
     """The sweep's trial table, ``root/sweep.json``.
 
-    Rewritten at most every ``min_interval`` seconds (and by :meth:`flush` at the end):
+    Rewritten at most every ``min_interval`` seconds, longer for a big table (and by
+    :meth:`flush` at the end):
     rewriting it after every status change costs O(trials) bytes per change, O(trials²)
     per sweep, 150 GB for 10,000 trials (docs/cluster.md). Each trial's own workdir is
     the truth; this file is the overview.
@@ -72,6 +73,7 @@ class _Book:
         for t in trials:
             self.add(t)
         self.last = -math.inf
+        self.wait = min_interval
         self.writes = 0
         self.flush()
 
@@ -86,7 +88,7 @@ class _Book:
         with self.lock:
             self.rows[name].update(fields)
             self.dirty = True
-            if time.monotonic() - self.last >= self.min_interval:
+            if time.monotonic() - self.last >= self.wait:
                 self._write()
 
     def flush(self) -> None:
@@ -101,10 +103,14 @@ class _Book:
                 "trials": list(self.rows.values())}
 
     def _write(self) -> None:
+        text = json.dumps(self.data(), indent=1, default=str)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data(), indent=1, default=str))
+        tmp.write_text(text)
         tmp.replace(self.path)
         self.last = time.monotonic()
+        # A big table waits longer: at most ~100 kB/s of rewrites (6 MB for 10,000 trials:
+        # once a minute), so a sweep writes O(its duration) bytes, not O(trials²).
+        self.wait = max(self.min_interval, len(text) / 1e5)
         self.dirty = False
         self.writes += 1
 
