@@ -164,7 +164,7 @@ def _lane_scan(step, carry, xs, *, lanes, reverse, unroll):
     Bp = B // P
 
     def split(tree):
-        return tuple(jax.tree.map(lambda a: a[p * Bp : (p + 1) * Bp], tree) for p in range(P))
+        return tuple(jax.tree.map(lambda a, p=p: a[p * Bp : (p + 1) * Bp], tree) for p in range(P))
 
     def join(parts):
         return jax.tree.map(lambda *a: a[0] if len(a) == 1 else jnp.concatenate(a, 0), *parts)
