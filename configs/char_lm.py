@@ -3,7 +3,8 @@
 Launch:
 
     rnnjax train --config configs/char_lm.py --config.data.path=input.txt --workdir runs/char_lm
-    rnnjax train --config configs/char_lm.py:stateful --config.data.path=input.txt --workdir runs/lm_tbptt
+    rnnjax train --config configs/char_lm.py:stateful --config.data.path=input.txt \
+        --workdir runs/lm_tbptt
     rnnjax sample --workdir runs/char_lm --prime "ROMEO:" --temperature 0.8
     rnnjax train --config configs/char_lm.py:smoke --workdir /tmp/smoke
 

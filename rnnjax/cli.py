@@ -6,6 +6,7 @@
                   [--top-k K] [--top-p P]
     rnnjax decode --workdir runs/x --strategy greedy|beam|sample [--beam-size K] --input "12+345"
     rnnjax sweep experiments/<study>.py[:arg] [--workers N] [--smoke] [--vmap-seeds]
+                 [--executor local|ray|slurm] [--address ...] [--cpus-per-trial N]
     rnnjax report experiments/<study>.py[:arg]
     rnnjax diagnose --workdir runs/x
     rnnjax config [--config configs/x.py[:arg]] [--config.k=v ...]   (print the resolved config)
@@ -75,8 +76,20 @@ def cmd_train(argv):
                    help="one vmapped member's overrides of seed and/or optim.lr, e.g. "
                         "--member seed=1 --member seed=2,optim.lr=0.01; one per --workdir")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    dist = p.add_argument_group(
+        "multi-process training (jax.distributed; see docs/cluster.md)")
+    dist.add_argument("--distributed", action="store_true",
+                      help="run as one of N processes; N, the rank and the coordinator are "
+                           "auto-detected (SLURM, Open MPI, Kubernetes, Cloud TPU)")
+    dist.add_argument("--coordinator", default=None, help="host:port of process 0")
+    dist.add_argument("--num-processes", type=int, default=None)
+    dist.add_argument("--process-id", type=int, default=None)
     argv, overrides = _split_config_overrides(argv)
     args = p.parse_args(argv)
+    if args.distributed or args.coordinator or args.num_processes or args.process_id is not None:
+        from rnnjax.train.distributed import initialize
+
+        initialize(args.coordinator, args.num_processes, args.process_id)
     from rnnjax.configlib import load_config, split_spec
     from rnnjax.diagnostics import training_hooks
     from rnnjax.train.trainer import NonFiniteLossError, train_members
@@ -195,7 +208,9 @@ def cmd_sweep(argv):
         prog="rnnjax sweep", description="Run every trial of a study (experiments/x.py[:arg]); "
         "done trials are skipped, interrupted ones resume, failed ones are retried.")
     p.add_argument("study", help="experiments/<study>.py[:arg]")
-    p.add_argument("--workers", type=int, default=1, help="trials run at once (processes)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="trials run at once (local processes; SLURM array parallelism; "
+                        "Optuna trials in flight)")
     p.add_argument("--smoke", action="store_true", help="the study's CI-sized variant")
     p.add_argument("--root", default=None, help="sweep root; default runs/<study>")
     p.add_argument("--vmap-seeds", action="store_true",
@@ -203,16 +218,51 @@ def cmd_sweep(argv):
                         "`rnnjax train` process (faster for small models)")
     p.add_argument("--timeout", type=float, default=None, help="seconds per trial")
     p.add_argument("--report", action="store_true", help="write the report when done")
+    p.add_argument("--executor", default="local",
+                   help="where trials run: local | ray | slurm (ray and slurm need "
+                        "pip install 'rnnjax[cluster]')")
+    p.add_argument("--address", default=None,
+                   help="ray: a running cluster's address (default: start a local instance)")
+    p.add_argument("--cpus-per-trial", type=int, default=None, help="ray/slurm: CPUs per trial")
+    p.add_argument("--gpus-per-trial", type=int, default=None, help="ray/slurm: GPUs per trial")
+    p.add_argument("--slurm-partition", default=None, help="slurm: the partition")
+    p.add_argument("--slurm-time", type=int, default=None,
+                   help="slurm: minutes per job (default: --timeout + 5, else 24 h)")
+    p.add_argument("--slurm-mem-gb", type=float, default=None, help="slurm: memory per job")
+    p.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="slurm: another slurm_* parameter, e.g. account=abc (repeatable)")
+    p.add_argument("--slurm-cluster", default=None,
+                   help="slurm: submitit's cluster, slurm (default), local or debug")
     args = p.parse_args(argv)
     from rnnjax.sweeps.runner import run_sweep
 
+    given = {"address": args.address, "cpus_per_trial": args.cpus_per_trial,
+             "gpus_per_trial": args.gpus_per_trial, "partition": args.slurm_partition,
+             "time_min": args.slurm_time, "mem_gb": args.slurm_mem_gb,
+             "cluster": args.slurm_cluster}
+    if args.slurm_option:
+        pairs = [o.partition("=") for o in args.slurm_option]
+        bad = [o for o, (_, eq, _) in zip(args.slurm_option, pairs) if not eq]
+        if bad:
+            p.error(f"--slurm-option needs KEY=VALUE, got {bad}")
+        given["slurm"] = {k: v for k, _, v in pairs}
+    # Each executor takes its own options; a flag meant for another one is an error.
+    takes = {"local": (), "ray": ("address", "cpus_per_trial", "gpus_per_trial"),
+             "slurm": ("cpus_per_trial", "gpus_per_trial", "partition", "time_min", "mem_gb",
+                       "cluster", "slurm")}.get(args.executor, tuple(given))
+    wrong = sorted(k for k, v in given.items() if v is not None and k not in takes)
+    if wrong:
+        p.error(f"--executor {args.executor} takes none of "
+                f"{['--' + k.replace('_', '-') for k in wrong]}")
+    options = {k: v for k, v in given.items() if v is not None}
     summary = run_sweep(args.study, args.root, workers=args.workers, smoke=args.smoke,
-                        vmap_seeds=args.vmap_seeds, timeout=args.timeout)
+                        vmap_seeds=args.vmap_seeds, timeout=args.timeout,
+                        executor=args.executor, executor_options=options)
     print(json.dumps({"root": summary["root"], "counts": summary["counts"]}))
     if args.report:
         from rnnjax.sweeps.report import report
 
-        print(report(args.study, args.root, smoke=args.smoke)["markdown"])
+        print(report(args.study, summary["root"], smoke=args.smoke)["markdown"])
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
     if failed:
         lines = [f"{len(failed)} of {len(summary['trials'])} trials failed:"]

@@ -6,6 +6,10 @@ rnnjax cells use PyTorch's gate layout, so the mapping is a transpose:
 callers that pass torch objects: this module must never make torch a
 dependency of rnnjax.
 
+``nn.LSTM(proj_size=P)`` maps to the ``lstmp`` cell (:class:`rnnjax.nn.lstmp.LSTMPCell`):
+``weight_hr_l{k}[_reverse]`` ``(P, H)`` -> ``w_hr`` ``(H, P)``, and ``weight_hh`` is
+``(4H, P)``.
+
 Note: PyTorch's ``batch_first`` does not matter here. rnnjax layers take
 batch-major ``(B, T, E)`` inputs unless built with ``time_major=True``.
 """
@@ -67,9 +71,11 @@ def from_torch(
       with ``return_carry=True`` to get per-layer final carries; PyTorch's
       ``h_n[2*k + d]`` is ``carries[k]`` (``[d]`` when bidirectional).
 
+    ``nn.LSTM(proj_size=P)`` (or a state_dict with ``weight_hr_l*`` keys) builds
+    ``lstmp`` cells with ``proj_size=P``.
+
     Raises:
-      ValueError: for ``proj_size > 0`` (LSTM projections are not supported), a
-        module that is not an RNN, or an inconsistent state_dict.
+      ValueError: for a module that is not an RNN, or an inconsistent state_dict.
     """
     if hasattr(module_or_state_dict, "state_dict"):
         spec = _spec_from_module(module_or_state_dict)
@@ -80,10 +86,11 @@ def from_torch(
     else:
         sd = {k: _to_numpy(v) for k, v in dict(module_or_state_dict).items()}
         spec = _spec_from_state_dict(sd, mode)
-    if spec.get("proj_size", 0) or any(k.startswith("weight_hr") for k in sd):
-        raise ValueError("from_torch: nn.LSTM with proj_size > 0 is not supported by rnnjax "
-                         "(no projected LSTM cell); build the torch model with proj_size=0")
-    stack = make_rnn(spec["mode"], spec["input_size"], spec["hidden_size"],
+    cell = spec["mode"]
+    if spec.get("proj_size", 0):
+        cell = "lstmp"
+        cell_kwargs = {"proj_size": spec["proj_size"], **cell_kwargs}
+    stack = make_rnn(cell, spec["input_size"], spec["hidden_size"],
                      num_layers=spec["num_layers"], bidirectional=spec["bidirectional"],
                      rngs=rngs or nnx.Rngs(0), **cell_kwargs)
     load_torch_state_dict(stack, sd)
@@ -97,11 +104,14 @@ def _spec_from_state_dict(sd: Mapping[str, np.ndarray], mode: str | None) -> dic
                          f"'weight_ih_l0', 'bias_hh_l1_reverse'")
     if "weight_ih_l0" not in sd:
         raise ValueError("from_torch: state_dict has no 'weight_ih_l0'")
-    if any(k.startswith("weight_hr") for k in sd):
-        raise ValueError("from_torch: nn.LSTM with proj_size > 0 is not supported by rnnjax")
     gh, e = sd["weight_ih_l0"].shape
-    h = sd["weight_hh_l0"].shape[1]
+    proj = sd["weight_hr_l0"].shape[0] if "weight_hr_l0" in sd else 0
+    # With a projection weight_hh is (4H, P); H is read from weight_hr (P, H).
+    h = sd["weight_hr_l0"].shape[1] if proj else sd["weight_hh_l0"].shape[1]
     gates = gh // h
+    if proj and (mode or "lstm") != "lstm":
+        raise ValueError(f"from_torch: weight_hr_l0 (proj_size) exists only for nn.LSTM, "
+                         f"got mode={mode!r}")
     if mode is None:
         by_gates = {4: "lstm", 3: "gru"}
         if gates not in by_gates:
@@ -116,7 +126,7 @@ def _spec_from_state_dict(sd: Mapping[str, np.ndarray], mode: str | None) -> dic
     layers = 1 + max(int(_KEY.match(k).group(3)) for k in sd)
     bidirectional = any(k.endswith("_reverse") for k in sd)
     return dict(mode=mode, input_size=e, hidden_size=h, num_layers=layers,
-                bidirectional=bidirectional)
+                bidirectional=bidirectional, proj_size=proj)
 
 
 def _directions(layer) -> list[tuple[Recurrent, str]]:
@@ -135,8 +145,11 @@ def load_torch_state_dict(stack: StackedRecurrent, state_dict: Mapping[str, Any]
     for k, layer in enumerate(stack.layers):
         for rec, suffix in _directions(layer):
             cell = rec.cell
-            for ours, theirs, transpose in (("w_ih", "weight_ih", True), ("w_hh", "weight_hh", True),
-                                            ("b_ih", "bias_ih", False), ("b_hh", "bias_hh", False)):
+            names = [("w_ih", "weight_ih", True), ("w_hh", "weight_hh", True),
+                     ("b_ih", "bias_ih", False), ("b_hh", "bias_hh", False)]
+            if hasattr(cell, "w_hr"):
+                names.append(("w_hr", "weight_hr", True))
+            for ours, theirs, transpose in names:
                 name = f"{theirs}_l{k}{suffix}"
                 param = getattr(cell, ours)
                 if name not in sd:
@@ -169,4 +182,6 @@ def to_torch_state_dict(stack: StackedRecurrent) -> dict[str, np.ndarray]:
             out[f"weight_hh_l{k}{suffix}"] = np.asarray(cell.w_hh[...]).T.copy()
             out[f"bias_ih_l{k}{suffix}"] = np.asarray(cell.b_ih[...]).copy()
             out[f"bias_hh_l{k}{suffix}"] = np.asarray(cell.b_hh[...]).copy()
+            if hasattr(cell, "w_hr"):
+                out[f"weight_hr_l{k}{suffix}"] = np.asarray(cell.w_hr[...]).T.copy()
     return out

@@ -265,7 +265,7 @@ def bench_case(shape_name, cell, mode, tdev):
         }
     for base in ("torch", "linen"):
         if base in res:
-            for name, r in res.items():
+            for r in res.values():
                 r[f"ratio_to_{base}"] = r["tokens_per_s"] / res[base]["tokens_per_s"]
                 r[f"ratio_to_{base}_at_min"] = res[base]["min_s"] / r["min_s"]
     return {"shape": shape_name, "B": B, "T": T, "E": E, "H": H, "cell": cell, "mode": mode,

@@ -32,7 +32,8 @@ reports medians, sequences/second and the ratios. Usage::
     python scripts/bench_decode.py --config configs/reverse.py --repeats 5
     python scripts/bench_decode.py --set model.hidden=64
 
-It never changes library defaults; the allocator tuning (docs/performance.md §3) is applied in its own
+It never changes library defaults; the allocator tuning (docs/performance.md §3) is applied in
+its own
 process only and recorded in the JSON.
 """
 

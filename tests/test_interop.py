@@ -119,12 +119,33 @@ def test_relu_and_tanh_state_dicts_need_mode_and_module_mode_must_agree(torch):
         from_torch(torch.nn.Linear(2, 2))
 
 
-def test_lstm_proj_size_raises(torch):
-    module = torch.nn.LSTM(E, H, proj_size=2, batch_first=True)
-    with pytest.raises(ValueError, match="proj_size > 0 is not supported"):
-        from_torch(module)
-    with pytest.raises(ValueError, match="proj_size > 0 is not supported"):
-        from_torch(module.state_dict())
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_lstm_proj_size_loads_into_lstmp_cells_and_round_trips(torch, bidirectional):
+    """``nn.LSTM(proj_size=P)`` -> ``lstmp`` cells (module and bare state_dict), outputs match
+    torch, and ``to_torch_state_dict`` loads strictly back into a fresh torch module."""
+    P = 2
+    module = torch_rnn(torch, "lstm", num_layers=2, bidirectional=bidirectional, proj_size=P)
+    x = np.random.default_rng(0).normal(size=(B, T, E)).astype(np.float32)
+    want = torch_forward(torch, module, x)
+    sd = module.state_dict()
+    for source in (module, sd, {k: v.numpy() for k, v in sd.items()}):
+        stack = from_torch(source)
+        for k, layer in enumerate(stack.layers):
+            for rec, sfx in directions(layer):
+                assert type(rec.cell).__name__ == "LSTMPCell" and rec.cell.proj_size == P
+                np.testing.assert_array_equal(np.asarray(rec.cell.w_hr[...]),
+                                              sd[f"weight_hr_l{k}{sfx}"].numpy().T)
+                np.testing.assert_array_equal(np.asarray(rec.cell.w_hh[...]),
+                                              sd[f"weight_hh_l{k}{sfx}"].numpy().T)
+        np.testing.assert_allclose(np.asarray(stack(jnp.asarray(x))), want, atol=1e-5, rtol=0)
+    # rnnjax's own init -> torch -> identical outputs.
+    ours = make_rnn("lstmp", E, H, num_layers=2, bidirectional=bidirectional, proj_size=P,
+                    rngs=nnx.Rngs(5))
+    back = torch_rnn(torch, "lstm", num_layers=2, bidirectional=bidirectional, proj_size=P)
+    back.load_state_dict({k: torch.from_numpy(v) for k, v in to_torch_state_dict(ours).items()},
+                         strict=True)
+    np.testing.assert_allclose(torch_forward(torch, back, x), np.asarray(ours(jnp.asarray(x))),
+                               atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -127,7 +127,7 @@ def test_gradients_match_float64_finite_differences():
 
             ga, gb, gh = grads(np.log(a), np.log(b), h0)
             for c in coords:
-                for arr, grad, to_log in ((a, ga, True), (b, gb, True)):
+                for arr, grad in ((a, ga), (b, gb)):
                     up, dn = arr.copy(), arr.copy()
                     # d/d(log x) = x d/dx: perturb in log space to test the log-space gradient.
                     up[c] *= np.exp(eps)
@@ -247,7 +247,7 @@ def test_reverse_starts_at_each_rows_last_valid_step():
     lengths = [6, 2, 4]
     a, b, h0 = random_inputs(7, T, 3, H)
     mask = right_padded(lengths, T)
-    for mode, (h, hs) in zip(REAL_MODES + ALL_MODES, every_mode(a, b, h0, mask, True)):
+    for _mode, (h, hs) in zip(REAL_MODES + ALL_MODES, every_mode(a, b, h0, mask, True)):
         for r, n in enumerate(lengths):
             # the row alone, truncated to its length, reversed in numpy
             want_h, want_hs = ref_scan(a[:n, r : r + 1], b[:n, r : r + 1], h0[r : r + 1],

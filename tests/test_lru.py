@@ -122,7 +122,8 @@ def test_parameter_and_input_gradients_agree_across_modes():
         graphdef, params = nnx.split(layer)
 
         def loss(params, x, carry0):
-            carry, y = nnx.merge(graphdef, params)(x, seq_lengths=LENGTHS, initial_carry=carry0)
+            carry, y = nnx.merge(graphdef, params)(  # noqa: B023 (called in this iteration)
+                x, seq_lengths=LENGTHS, initial_carry=carry0)
             return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(c)) for c in carry)
 
         grads[mode] = jax.grad(loss, argnums=(0, 1, 2))(params, x, carry0)

@@ -107,7 +107,7 @@ def np_run(kind, reset_before, p, x, lengths, reverse, carry0):
     y = np.zeros((x.shape[0], x.shape[1], H))
     finals = []
     for b in range(x.shape[0]):
-        carry = jax.tree.map(lambda a: np.asarray(a[b], np.float64), carry0)
+        carry = jax.tree.map(lambda a, b=b: np.asarray(a[b], np.float64), carry0)
         if kind == "lstm":
             carry = (carry.h, carry.c)
         steps = range(lengths[b])

@@ -119,8 +119,8 @@ def test_fused_gradients_match_float64_finite_differences(x64, kind):
             for i, a in enumerate(leaves)])
         analytic = sum(jax.tree.leaves(jax.tree.map(lambda g, d: jnp.sum(g * d), grads, v)))
         eps = 1e-6
-        plus = loss(*jax.tree.map(lambda a, d: a + eps * d, primal, v))
-        minus = loss(*jax.tree.map(lambda a, d: a - eps * d, primal, v))
+        plus = loss(*jax.tree.map(lambda a, d, e=eps: a + e * d, primal, v))
+        minus = loss(*jax.tree.map(lambda a, d, e=eps: a - e * d, primal, v))
         numeric = (plus - minus) / (2 * eps)
         assert abs(float(analytic)) > 1e-3
         np.testing.assert_allclose(float(analytic), float(numeric), rtol=1e-6, atol=1e-8)
@@ -314,7 +314,8 @@ def test_impl_fused_where_it_cannot_apply_is_a_clear_error():
         GRUCell(E, H, param_dtype=jnp.bfloat16, impl="fused", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="impl='fused' cannot apply.*reset_before=True"):
         GRUCell(E, H, reset_before=True, impl="fused", rngs=nnx.Rngs(0))
-    with pytest.raises(ValueError, match=r"unknown impl 'cuda'; known: \['auto', 'fused', 'scan'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown impl 'cuda'; known: \['auto', 'fused', 'scan'\]"):
         make_rnn("lstm", E, H, impl="cuda", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="lanes must be"):
         LSTMCell(E, H, lanes=0, rngs=nnx.Rngs(0))

@@ -161,3 +161,44 @@ def test_outputs_states_and_gradients_match_torch(torch, mode, num_layers, bidir
     for name in sorted(g_t):
         np.testing.assert_allclose(g_j[name], g_t[name], atol=GRAD_TOL, rtol=0,
                                    err_msg=f"gradient of {name}")
+
+
+P = 3  # proj_size, < H
+
+
+@pytest.mark.parametrize("ragged", [False, True], ids=["full", "ragged"])
+@pytest.mark.parametrize("given_h0", [False, True], ids=["zeros", "h0"])
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_lstmp_matches_torch_lstm_with_proj_size(torch, num_layers, bidirectional, given_h0,
+                                                 ragged):
+    """``torch.nn.LSTM(proj_size=P)`` against the ``lstmp`` cell: outputs ``(B, T, D*P)``,
+    ``h_n`` ``(L*D, B, P)``, ``c_n`` ``(L*D, B, H)`` and every gradient, ``weight_hr`` too."""
+    module = torch.nn.LSTM(E, H, num_layers=num_layers, bidirectional=bidirectional,
+                           batch_first=True, proj_size=P)
+    d = 2 if bidirectional else 1
+    rng = np.random.default_rng([7, num_layers, int(bidirectional), int(given_h0), int(ragged)])
+    f32 = np.float32
+    x = rng.normal(size=(B, T, E)).astype(f32)
+    lengths = RAGGED if ragged else None
+    h0 = rng.normal(size=(num_layers * d, B, P)).astype(f32) if given_h0 else None
+    c0 = rng.normal(size=(num_layers * d, B, H)).astype(f32) if given_h0 else None
+    r_out = rng.normal(size=(B, T, d * P)).astype(f32)
+    r_h = rng.normal(size=(num_layers * d, B, P)).astype(f32)
+    r_c = rng.normal(size=(num_layers * d, B, H)).astype(f32)
+
+    out_t, h_t, c_t, g_t = run_torch(torch, module, x, lengths, h0, c0, r_out, r_h, r_c)
+    stack = from_torch(module)
+    init = torch_to_carries(h0, c0, num_layers, bidirectional) if given_h0 else None
+    out_j, h_j, c_j, g_j = run_jax(stack, x, lengths, init, bidirectional, r_out, r_h, r_c)
+
+    np.testing.assert_allclose(out_j, out_t, atol=OUT_TOL, rtol=0)
+    if ragged:
+        pad = np.arange(T)[None, :] >= RAGGED[:, None]
+        assert np.all(out_j[pad] == 0.0)
+    np.testing.assert_allclose(h_j, h_t, atol=OUT_TOL, rtol=0)
+    np.testing.assert_allclose(c_j, c_t, atol=OUT_TOL, rtol=0)
+    assert set(g_j) == set(g_t) and any(k.startswith("weight_hr") for k in g_t)
+    for name in sorted(g_t):
+        np.testing.assert_allclose(g_j[name], g_t[name], atol=GRAD_TOL, rtol=0,
+                                   err_msg=f"gradient of {name}")

@@ -154,15 +154,19 @@ class RecurrentCell(nnx.Module):
         *,
         reverse: bool = False,
         unroll: int = 1,
+        resets: Array | None = None,
     ) -> tuple[Carry, Array]:
         """Runs the recurrence over time-major projected inputs ``xp`` ``(T, B, P)``.
 
-        ``mask`` is ``(T, B)`` bool or None. Returns ``(final_carry, ys)`` with ``ys``
-        ``(T, B, H)``, zero where masked (:func:`masked_scan` semantics). Subclasses may
-        replace this with a faster equivalent (a custom VJP, a parallel scan); it must
-        give the same numbers.
+        ``mask`` is ``(T, B)`` bool or None. ``resets`` is ``(T, B)`` bool or None: True
+        where the carry restarts from ``carry`` before the step (in processing order;
+        :mod:`rnnjax.nn.scan`'s reset convention), so that packed segments run as if
+        apart. Returns ``(final_carry, ys)`` with ``ys`` ``(T, B, H)``, zero where masked
+        (:func:`masked_scan` semantics). Subclasses may replace this with a faster
+        equivalent (a custom VJP, a parallel scan); it must give the same numbers.
         """
-        return masked_scan(self.step_projected, carry, xp, mask, reverse=reverse, unroll=unroll)
+        return masked_scan(self.step_projected, carry, xp, mask, reverse=reverse, unroll=unroll,
+                           resets=resets)
 
     # -- diagnostics hooks ---------------------------------------------------
     @property

@@ -103,7 +103,10 @@ def gdn_step(S: Array, q_t, k_t, v_t, g_t, beta_t) -> tuple[Array, Array]:
 
 
 def gdn_sequential(q, k, v, g, beta, S0, mask=None, *, reverse=False, unroll=1):
-    """The recurrence, one step at a time. Returns ``(S_last (B, Nh, Dk, Dv), o (T, B, Nh, Dv))``."""
+    """The recurrence, one step at a time.
+
+    Returns ``(S_last (B, Nh, Dk, Dv), o (T, B, Nh, Dv))``.
+    """
     q, k, v_, g, beta, S0 = _prepare(q, k, v, g, beta, S0, mask, reverse)
 
     def step(S, inp):

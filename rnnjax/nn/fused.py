@@ -69,7 +69,10 @@ def dense_projection(x: Array, w: Array, b: Array, *, impl: str, where: str) -> 
     return x @ w + b
 
 
-def _check(xp: Array, w_hh: Array, gates: int, mask: Array | None, where: str) -> None:
+def _check(xp: Array, w_hh: Array, gates: int, mask: Array | None, where: str,
+           resets: Array | None = None) -> None:
+    if resets is not None and resets.shape != xp.shape[:2]:
+        raise ValueError(f"{where}: resets must be (T, B) = {xp.shape[:2]}, got {resets.shape}")
     if xp.ndim != 3:
         raise ValueError(f"{where}: xp must be time-major (T, B, G*H), got shape {xp.shape}")
     H = w_hh.shape[0]
@@ -118,11 +121,22 @@ def lanes_for(batch: int, hidden: int, gates: int, lanes: int | None = None) -> 
     return 1
 
 
-def _shift(a: Array, a0: Array, reverse: bool) -> Array:
-    """The carry entering each step ``(T, B, H)``, from the carries after each step."""
+def _shift(a: Array, a0: Array, reverse: bool, resets: Array | None = None) -> Array:
+    """The carry entering each step ``(T, B, H)``, from the carries after each step
+    (``a0`` where ``resets`` restarts a segment)."""
     if reverse:
-        return jnp.concatenate([a[1:], a0[None]], axis=0)
-    return jnp.concatenate([a0[None], a[:-1]], axis=0)
+        out = jnp.concatenate([a[1:], a0[None]], axis=0)
+    else:
+        out = jnp.concatenate([a0[None], a[:-1]], axis=0)
+    return out if resets is None else jnp.where(resets[..., None], a0[None], out)
+
+
+def _valid_resets(resets: Array | None, mask: Array | None) -> Array | None:
+    """Resets as bool, only on valid steps (a reset on a masked step does nothing)."""
+    if resets is None:
+        return None
+    resets = resets.astype(bool)
+    return resets if mask is None else resets & mask
 
 
 def _outer_sum(h_in: Array, d: Array) -> Array:
@@ -150,7 +164,7 @@ def _lane_scan(step, carry, xs, *, lanes, reverse, unroll):
     Bp = B // P
 
     def split(tree):
-        return tuple(jax.tree.map(lambda a: a[p * Bp : (p + 1) * Bp], tree) for p in range(P))
+        return tuple(jax.tree.map(lambda a, p=p: a[p * Bp : (p + 1) * Bp], tree) for p in range(P))
 
     def join(parts):
         return jax.tree.map(lambda *a: a[0] if len(a) == 1 else jnp.concatenate(a, 0), *parts)

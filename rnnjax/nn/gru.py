@@ -23,8 +23,18 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.nn.cell import register_cell
-from rnnjax.nn.fused import _bmask, _check, _lane_scan, _outer_sum, _shift, lanes_for
+from rnnjax.nn.fused import (
+    _bmask,
+    _check,
+    _lane_scan,
+    _outer_sum,
+    _shift,
+    _valid_resets,
+    lanes_for,
+)
 from rnnjax.nn.gated import GatedCell
+from rnnjax.nn.regularizers import Regularised
+from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array
 
 
@@ -57,7 +67,7 @@ def _blocks(a: Array, H: int) -> tuple[Array, Array, Array]:
     return a[..., :H], a[..., H : 2 * H], a[..., 2 * H :]
 
 
-class GRUCell(GatedCell):
+class GRUCell(Regularised, GatedCell):
     """GRU, PyTorch/cuDNN layout (see the module docstring). Carry and output: ``h`` ``(B, H)``.
 
     Args:
@@ -67,6 +77,7 @@ class GRUCell(GatedCell):
         and a plain projection matmul; forward-mode autodiff works).
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
+      weight_drop, zoneout: as :class:`rnnjax.nn.LSTMCell` (zoneout on ``h``).
       Others as :class:`rnnjax.nn.gated.GatedCell`.
     """
 
@@ -74,14 +85,19 @@ class GRUCell(GatedCell):
     gate_names = ("r", "z", "n")
 
     def __init__(self, in_features: int, hidden_features: int, *, reset_before: bool = False,
-                 lanes: int | None = None, **kwargs):
+                 lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 **kwargs):
         self.reset_before = reset_before
         if lanes is not None and lanes < 1:
             raise ValueError(f"GRUCell: lanes must be None or >= 1, got {lanes}")
         self.lanes = lanes
+        self.zoneout = zoneout  # read by _unfusable during GatedCell.__init__
         super().__init__(in_features, hidden_features, **kwargs)
+        self._init_regularizers(weight_drop, zoneout, kwargs.get("rngs"))
 
     def _unfusable(self):
+        if self.zoneout:
+            return "zoneout runs the plain scan (the fused loop has no zoneout)"
         if self.reset_before:
             return "the fused loop is the cuDNN form only, and this cell has reset_before=True"
         return super()._unfusable()
@@ -94,29 +110,37 @@ class GRUCell(GatedCell):
             return self._p("b_ih") + b_hh
         return self._p("b_ih") + jnp.concatenate([b_hh[: 2 * H], jnp.zeros_like(b_hh[2 * H :])])
 
-    def _gates(self, h, xp):
+    def _gates(self, h, xp, w_hh=None):
         H = self.hidden_features
         b_hn = None if self.reset_before else self._p("b_hh")[2 * H :]
-        return gru_gates(h, *_blocks(xp, H), *_blocks(self._p("w_hh"), H), b_hn)
+        w_hh = self._p("w_hh") if w_hh is None else w_hh
+        return gru_gates(h, *_blocks(xp, H), *_blocks(w_hh, H), b_hn)
 
-    def step_projected(self, carry, xp):
+    def _step(self, carry, xp, w_hh):
         h = carry
-        _, z, n, _ = self._gates(h, xp)
+        _, z, n, _ = self._gates(h, xp, w_hh)
         h = n + z * (h - n)  # == (1 - z) n + z h
         return h, h
+
+    def step_projected(self, carry, xp):
+        return self._step_with_regularizers(carry, xp)
 
     def gate_activations(self, carry, xp_t):
         r, z, n, _ = self._gates(carry, xp_t)
         return {"r": ("sigmoid", r), "z": ("sigmoid", z), "n": ("tanh", n)}
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         # Why: as LSTMCell.scan_projected; only the cuDNN form (reset_before=False) is fused.
-        w_hh = self._p("w_hh")
+        w_hh = self._w_hh()  # one weight-drop mask for the whole call
+        step = partial(self._step, w_hh=w_hh)
+        if self.zone is not None:
+            return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
+                                      resets=resets)
         if self._fuse(xp, w_hh, carry):
             H = self.hidden_features
             return gru_scan(w_hh, self._p("b_hh")[2 * H :], xp, carry, mask,
-                            reverse=reverse, unroll=unroll, lanes=self.lanes)
-        return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll)
+                            reverse=reverse, unroll=unroll, lanes=self.lanes, resets=resets)
+        return masked_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll, resets=resets)
 
     def initialize_carry(self, batch_shape, dtype=None):
         return self._zeros(batch_shape, dtype)
@@ -128,46 +152,52 @@ register_cell("gru", GRUCell)
 # ---------------------------------------------------------------------------
 # The fused loop (cuDNN form: the reset gate multiplies (h W_hn + b_hn))
 # ---------------------------------------------------------------------------
-def _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, lanes, keep):
+def _gru_forward(w, b_hn, xp, h0, mask, resets, reverse, unroll, lanes, keep):
     """The forward loop. Returns ``(h, ys, residuals or None)``."""
     H = w.shape[0]
     w_r, w_z, w_n = _blocks(w, H)
     xs = _blocks(xp, H)
 
-    def step(h, inp):
-        (xr, xz, xn), m_t = inp
-        r, z, n, hn = gru_gates(h, xr, xz, xn, w_r, w_z, w_n, b_hn)
-        h_new = n + z * (h - n)
+    def step(carry, inp):
+        # With resets the initial carry rides along (as in the LSTM's loop).
+        h, *init = carry
+        (xr, xz, xn), m_t, r_t = inp
+        h_in = h if r_t is None else jnp.where(_bmask(r_t), init[0], h)
+        r, z, n, hn = gru_gates(h_in, xr, xz, xn, w_r, w_z, w_n, b_hn)
+        h_new = n + z * (h_in - n)
         if m_t is not None:
             h_new = jnp.where(_bmask(m_t), h_new, h)
-        return h_new, ((h_new, r, z, n, hn) if keep else h_new)
+        return (h_new, *init), ((h_new, r, z, n, hn) if keep else h_new)
 
-    h, out = _lane_scan(step, h0, (xs, mask), lanes=lanes, reverse=reverse, unroll=unroll)
+    init = () if resets is None else (h0,)
+    (h, *_), out = _lane_scan(step, (h0, *init), (xs, mask, resets), lanes=lanes,
+                              reverse=reverse, unroll=unroll)
     hs = out[0] if keep else out
     ys = hs if mask is None else jnp.where(mask[..., None], hs, 0)
     return h, ys, (out if keep else None)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _gru(reverse, unroll, lanes, w, b_hn, xp, h0, mask):
-    h, ys, _ = _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, lanes, keep=False)
+def _gru(reverse, unroll, lanes, w, b_hn, xp, h0, mask, resets):
+    h, ys, _ = _gru_forward(w, b_hn, xp, h0, mask, resets, reverse, unroll, lanes, keep=False)
     return h, ys
 
 
-def _gru_fwd(reverse, unroll, lanes, w, b_hn, xp, h0, mask):
-    h, ys, out = _gru_forward(w, b_hn, xp, h0, mask, reverse, unroll, lanes, keep=True)
-    return (h, ys), (w, out, h0, mask)
+def _gru_fwd(reverse, unroll, lanes, w, b_hn, xp, h0, mask, resets):
+    h, ys, out = _gru_forward(w, b_hn, xp, h0, mask, resets, reverse, unroll, lanes, keep=True)
+    return (h, ys), (w, out, h0, mask, resets)
 
 
 def _gru_bwd(reverse, unroll, lanes, res, cts):
-    w, (hs, r, z, n, hn), h0, mask = res
+    w, (hs, r, z, n, hn), h0, mask, resets = res
     dh_T, dys = cts
     H = hs.shape[-1]
-    h_in = _shift(hs, h0, reverse)
+    h_in = _shift(hs, h0, reverse, resets)
     w_t = w.T
 
-    def step(dh, inp):
-        r, z, n, hn, h_prev, dy, m_t = inp
+    def step(carry, inp):
+        dh, *acc = carry
+        r, z, n, hn, h_prev, dy, m_t, r_t = inp
         dh_t = dh + dy
         if m_t is not None:
             dh_t = jnp.where(_bmask(m_t), dh_t, 0)
@@ -178,15 +208,22 @@ def _gru_bwd(reverse, unroll, lanes, res, cts):
         dh_prev = dh_t * z + dhh @ w_t
         if m_t is not None:
             dh_prev = jnp.where(_bmask(m_t), dh_prev, dh)
-        return dh_prev, (dhh, dn)
+        if r_t is not None:
+            # A restarted step read the initial carry, not the previous step's.
+            acc = [acc[0] + jnp.where(_bmask(r_t), dh_prev, 0)]
+            dh_prev = jnp.where(_bmask(r_t), 0, dh_prev)
+        return (dh_prev, *acc), (dhh, dn)
 
-    dh0, (dhh, dn) = _lane_scan(
-        step, dh_T, (r, z, n, hn, h_in, dys, mask), lanes=lanes,
+    acc = () if resets is None else (jnp.zeros_like(dh_T),)
+    (dh0, *acc), (dhh, dn) = _lane_scan(
+        step, (dh_T, *acc), (r, z, n, hn, h_in, dys, mask, resets), lanes=lanes,
         reverse=not reverse, unroll=unroll,
     )
+    if acc:
+        dh0 = dh0 + acc[0]
     db_hn = jnp.sum(dhh[..., 2 * H :], axis=(0, 1))
     dxp = jnp.concatenate([dhh[..., : 2 * H], dn], axis=-1)
-    return _outer_sum(h_in, dhh), db_hn, dxp, dh0, None
+    return _outer_sum(h_in, dhh), db_hn, dxp, dh0, None, None
 
 
 _gru.defvjp(_gru_fwd, _gru_bwd)
@@ -202,6 +239,7 @@ def gru_scan(
     reverse: bool = False,
     unroll: int = 1,
     lanes: int | None = None,
+    resets: Array | None = None,
 ) -> tuple[Array, Array]:
     """Fused GRU (cuDNN form, ``reset_before=False``) over time-major projected inputs.
 
@@ -213,14 +251,17 @@ def gru_scan(
       mask: ``(T, B)`` bool or None.
       reverse, unroll: as in :func:`rnnjax.nn.scan.masked_scan`.
       lanes: row blocks per loop body, as :func:`rnnjax.nn.fused.lanes_for`.
+      resets: ``(T, B)`` bool or None: restart from ``h0`` before the step
+        (:mod:`rnnjax.nn.scan`'s reset convention).
 
     Returns:
       ``(h, ys)`` with ``ys`` ``(T, B, H)``, zero where masked.
     """
-    _check(xp, w_hh, 3, mask, "gru_scan")
+    _check(xp, w_hh, 3, mask, "gru_scan", resets)
     if b_hn.shape != (w_hh.shape[0],):
         raise ValueError(f"gru_scan: b_hn must be (H,) = ({w_hh.shape[0]},), got {b_hn.shape}")
     if mask is not None:
         mask = mask.astype(bool)
+    resets = _valid_resets(resets, mask)
     n = lanes_for(xp.shape[1], w_hh.shape[0], 3, lanes)
-    return _gru(bool(reverse), int(unroll), n, w_hh, b_hn, xp, h0, mask)
+    return _gru(bool(reverse), int(unroll), n, w_hh, b_hn, xp, h0, mask, resets)

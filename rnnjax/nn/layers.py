@@ -6,7 +6,15 @@
 * :class:`Bidirectional` runs a forward and a reverse :class:`Recurrent` and merges
   them by ``concat`` or ``sum``; both directions respect each row's length.
 * :class:`StackedRecurrent` stacks layers with dropout between them (never after
-  the last) and returns every layer's final carry.
+  the last; ``dropout_mode="standard"`` or ``"locked"``, one mask per sequence shared
+  over time, Gal & Ghahramani 2016) and returns every layer's final carry.
+
+Packed segments. Every layer takes ``resets`` ``(B, T)`` bool (``(T, B)`` if
+time-major): True at the first step of each segment after the first, so that many
+short sequences packed into one row run as if apart. The forward direction restarts
+from the initial carry at each segment start, the reverse direction at each segment
+end; outputs and final carries equal those of the segments run one by one (the final
+carry is that of the row's last segment forward, first segment in reverse).
 * :func:`make_rnn` builds a stack the way ``torch.nn.LSTM(...)`` is configured.
 
 Semantics match PyTorch's packed sequences: padded outputs are zero, the final
@@ -36,7 +44,7 @@ import numpy as np
 from flax import nnx
 
 from rnnjax.nn.cell import RecurrentCell, make_cell
-from rnnjax.nn.scan import lengths_to_mask
+from rnnjax.nn.scan import direction_resets, lengths_to_mask
 from rnnjax.nn.types import Array, Carry
 
 
@@ -88,7 +96,8 @@ def prepare_mask(
         seq_lengths = jnp.asarray(seq_lengths)
         if seq_lengths.shape != (B,):
             raise ValueError(
-                f"{where}: seq_lengths must have shape (B,) = ({B},), got {tuple(seq_lengths.shape)}"
+                f"{where}: seq_lengths must have shape (B,) = ({B},), got "
+                f"{tuple(seq_lengths.shape)}"
             )
         if not jnp.issubdtype(seq_lengths.dtype, jnp.integer):
             raise ValueError(f"{where}: seq_lengths must be integers, got {seq_lengths.dtype}")
@@ -116,6 +125,23 @@ def prepare_mask(
     return None
 
 
+def prepare_resets(x_shape: tuple[int, ...], resets: Array | None, *, time_major: bool,
+                   where: str) -> Array | None:
+    """Validates segment starts ``resets`` against an input shape; returns ``(T, B)`` or None."""
+    if resets is None:
+        return None
+    T, B = (x_shape[0], x_shape[1]) if time_major else (x_shape[1], x_shape[0])
+    resets = jnp.asarray(resets)
+    want = (T, B) if time_major else (B, T)
+    if resets.shape != want:
+        layout = "(T, B)" if time_major else "(B, T)"
+        raise ValueError(f"{where}: resets must have shape {layout} = {want} (True at each "
+                         f"segment's first step) to match inputs of shape {tuple(x_shape)}, "
+                         f"got {tuple(resets.shape)}")
+    resets = resets.astype(bool)
+    return resets if time_major else resets.T
+
+
 def check_inputs(x: Array, in_features: int, time_major: bool, where: str) -> None:
     if x.ndim != 3:
         layout = "(T, B, E)" if time_major else "(B, T, E)"
@@ -133,9 +159,10 @@ def check_inputs(x: Array, in_features: int, time_major: bool, where: str) -> No
 class Recurrent(nnx.Module):
     """Runs a cell over a sequence.
 
-    Call: ``layer(x, seq_lengths=None, mask=None, initial_carry=None)`` with ``x``
-    ``(B, T, E)`` (``(T, B, E)`` if ``time_major``), ``seq_lengths`` ``(B,)`` int or
-    ``mask`` ``(B, T)`` bool (``(T, B)`` if time-major). Returns ``y`` ``(B, T, H)``
+    Call: ``layer(x, seq_lengths=None, mask=None, initial_carry=None, resets=None)`` with
+    ``x`` ``(B, T, E)`` (``(T, B, E)`` if ``time_major``), ``seq_lengths`` ``(B,)`` int or
+    ``mask`` ``(B, T)`` bool (``(T, B)`` if time-major), ``resets`` ``(B, T)`` bool, True
+    at each packed segment's first step (see the module docstring). Returns ``y`` ``(B, T, H)``
     (zero at padded steps), or ``(final_carry, y)`` when ``return_carry``.
 
     Args:
@@ -191,11 +218,14 @@ class Recurrent(nnx.Module):
         mask: Array | None = None,
         initial_carry: Carry | None = None,
         return_carry: bool | None = None,
+        resets: Array | None = None,
     ):
         where = f"Recurrent({type(self.cell).__name__})"
         check_inputs(x, self.in_features, self.time_major, where)
         mask_tb = prepare_mask(x.shape, seq_lengths=seq_lengths, mask=mask,
                                time_major=self.time_major, where=where)
+        resets_tb = prepare_resets(x.shape, resets, time_major=self.time_major, where=where)
+        resets_tb = direction_resets(resets_tb, mask_tb, reverse=self.reverse)
         # Time-major before the projection: each step's slice of xp is then
         # contiguous (docs/performance.md §2), and lax.scan slices the leading axis.
         x_tm = x if self.time_major else jnp.swapaxes(x, 0, 1)  # (T, B, E)
@@ -207,14 +237,22 @@ class Recurrent(nnx.Module):
             if jax.tree.structure(initial_carry) != want:
                 raise ValueError(f"{where}: initial_carry must have structure {want}, "
                                  f"got {jax.tree.structure(initial_carry)}")
-            for leaf in jax.tree.leaves(initial_carry):
-                if leaf.shape != (B, self.cell.hidden_features):
-                    raise ValueError(f"{where}: initial_carry leaves must be (B, H) = "
-                                     f"({B}, {self.cell.hidden_features}), got {leaf.shape}")
+            # Shapes from the cell's own zero carry: not every leaf is (B, H) (the LSTMP's
+            # h is (B, P)).
+            zero = self.cell.initialize_carry((B,))
+            for leaf, ref in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(zero)):
+                if leaf.shape != ref.shape:
+                    want = ("(B, H) = " if ref.shape == (B, self.cell.hidden_features)
+                            else "") + str(tuple(ref.shape))
+                    raise ValueError(f"{where}: initial_carry leaves must be {want}, got "
+                                     f"{leaf.shape}")
         xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps
         probe = _PROBE.get()
         scan = self.cell.scan_projected if probe is None else partial(probe.scan, self.cell)
-        carry, ys = scan(initial_carry, xp, mask_tb, reverse=self.reverse, unroll=self.unroll)
+        # Without resets the call is the one every scan (and every probe) has always taken.
+        extra = {} if resets_tb is None else {"resets": resets_tb}
+        carry, ys = scan(initial_carry, xp, mask_tb, reverse=self.reverse, unroll=self.unroll,
+                         **extra)
         y = ys if self.time_major else jnp.swapaxes(ys, 0, 1)
         rc = self.return_carry if return_carry is None else return_carry
         return (carry, y) if rc else y
@@ -257,7 +295,7 @@ class Bidirectional(nnx.Module):
         return 2 * h if self.merge == "concat" else h
 
     def __call__(self, x, *, seq_lengths=None, mask=None, initial_carry=None,
-                 return_carry=None):
+                 return_carry=None, resets=None):
         if initial_carry is None:
             init_f, init_b = None, None
         elif isinstance(initial_carry, (tuple, list)) and len(initial_carry) == 2 \
@@ -266,10 +304,11 @@ class Bidirectional(nnx.Module):
         else:
             raise ValueError("Bidirectional: initial_carry must be a pair "
                              "(forward_carry, backward_carry), one carry per direction")
+        # Each direction turns segment starts into its own restarts (the backward's at ends).
         cf, yf = self.forward(x, seq_lengths=seq_lengths, mask=mask, initial_carry=init_f,
-                              return_carry=True)
+                              return_carry=True, resets=resets)
         cb, yb = self.backward(x, seq_lengths=seq_lengths, mask=mask, initial_carry=init_b,
-                               return_carry=True)
+                               return_carry=True, resets=resets)
         y = jnp.concatenate([yf, yb], axis=-1) if self.merge == "concat" else yf + yb
         rc = self.return_carry if return_carry is None else return_carry
         return ((cf, cb), y) if rc else y
@@ -282,10 +321,15 @@ class StackedRecurrent(nnx.Module):
     where ``carries`` is a list with each layer's final carry. ``initial_carry``,
     if given, is a list with one entry per layer (None for zeros).
     Dropout is active in train mode (``model.train()``) and off after ``model.eval()``.
+    ``dropout_mode="standard"`` draws a mask per element; ``"locked"`` (variational
+    dropout, Gal & Ghahramani 2016) one mask per sequence and feature, shared over time.
     """
 
+    dropout_modes = ("standard", "locked")
+
     def __init__(self, layers: Sequence[Recurrent | Bidirectional], *, dropout: float = 0.0,
-                 return_carry: bool = False, rngs: nnx.Rngs | None = None):
+                 dropout_mode: str = "standard", return_carry: bool = False,
+                 rngs: nnx.Rngs | None = None):
         if not layers:
             raise ValueError("StackedRecurrent needs at least one layer")
         for i in range(1, len(layers)):
@@ -298,8 +342,16 @@ class StackedRecurrent(nnx.Module):
             raise ValueError(f"StackedRecurrent: dropout must be in [0, 1), got {dropout}")
         if dropout > 0 and rngs is None:
             raise ValueError("StackedRecurrent: dropout > 0 needs rngs=nnx.Rngs(dropout=...)")
+        if dropout_mode not in self.dropout_modes:
+            raise ValueError(f"StackedRecurrent: unknown dropout_mode {dropout_mode!r}; known: "
+                             f"{list(self.dropout_modes)}")
         self.layers = nnx.List(layers)
-        self.dropout = nnx.Dropout(dropout, rngs=rngs) if dropout > 0 else None
+        self.dropout_mode = dropout_mode
+        # Locked: the mask broadcasts over the time axis, so each sequence keeps one mask.
+        time_axis = 0 if layers[0].time_major else 1
+        broadcast = (time_axis,) if dropout_mode == "locked" else ()
+        self.dropout = (nnx.Dropout(dropout, broadcast_dims=broadcast, rngs=rngs)
+                        if dropout > 0 else None)
         self.return_carry = return_carry
 
     @property
@@ -315,7 +367,7 @@ class StackedRecurrent(nnx.Module):
         return self.layers[-1].output_features
 
     def __call__(self, x, *, seq_lengths=None, mask=None, initial_carry=None,
-                 return_carry=None):
+                 return_carry=None, resets=None):
         n = len(self.layers)
         if initial_carry is None:
             initial_carry = [None] * n
@@ -327,7 +379,7 @@ class StackedRecurrent(nnx.Module):
             if i > 0 and self.dropout is not None:
                 x = self.dropout(x)
             c, x = layer(x, seq_lengths=seq_lengths, mask=mask, initial_carry=initial_carry[i],
-                         return_carry=True)
+                         return_carry=True, resets=resets)
             carries.append(c)
         rc = self.return_carry if return_carry is None else return_carry
         return (carries, x) if rc else x
@@ -342,6 +394,7 @@ def make_rnn(
     bidirectional: bool = False,
     merge: str = "concat",
     dropout: float = 0.0,
+    dropout_mode: str = "standard",
     time_major: bool = False,
     unroll: int = 1,
     learn_initial_carry: bool = False,
@@ -351,19 +404,23 @@ def make_rnn(
     """Builds a stack like ``torch.nn.LSTM(in, hidden, num_layers, bidirectional=...)``.
 
     ``cell`` is a registered cell name (:func:`rnnjax.nn.cell.known_cells`: ``lstm``,
-    ``gru``, ``rnn_tanh``, ...); ``cell_kwargs`` go to the cell (e.g. ``impl="scan"``). Returns a :class:`StackedRecurrent` whose layers are
-    :class:`Recurrent` or :class:`Bidirectional`.
+    ``gru``, ``rnn_tanh``, ...); ``cell_kwargs`` go to the cell (e.g. ``impl="scan"``).
+    Returns a :class:`StackedRecurrent` whose layers are :class:`Recurrent` or
+    :class:`Bidirectional`. ``dropout_mode`` (``"standard"`` or
+    ``"locked"``) is :class:`StackedRecurrent`'s; a model that passes its
+    ``model.cell_kwargs`` here lets a config set it there too
+    (``--config.model.cell_kwargs.dropout_mode=locked``).
     """
     if num_layers < 1:
         raise ValueError(f"make_rnn: num_layers must be >= 1, got {num_layers}")
     layers: list[Recurrent | Bidirectional] = []
     size = in_features
     for _ in range(num_layers):
-        def one(reverse):
+        def one(reverse, size=size):
             return Recurrent(make_cell(cell, size, hidden_features, rngs=rngs, **cell_kwargs),
                              reverse=reverse, time_major=time_major, unroll=unroll,
                              learn_initial_carry=learn_initial_carry)
         layer = Bidirectional(one(False), one(True), merge=merge) if bidirectional else one(False)
         layers.append(layer)
         size = layer.output_features
-    return StackedRecurrent(layers, dropout=dropout, rngs=rngs)
+    return StackedRecurrent(layers, dropout=dropout, dropout_mode=dropout_mode, rngs=rngs)

@@ -40,6 +40,13 @@ of :func:`rnnjax.nn.scan.masked_scan` (PyTorch packed sequences): where
 ``a = 1, b = 0``) and the output is zero. With right padding a reverse scan
 therefore starts from ``h0`` at each row's own last valid step, in every mode.
 
+Segment resets (``resets``, :mod:`rnnjax.nn.scan`'s convention: True where ``h``
+restarts from ``h0`` before the step) cost no extra pass in the real-space modes: a
+restarted step is ``h_t = a_t h0 + b_t``, i.e. ``a_t -> 0`` and ``b_t -> b_t + a_t h0``.
+LOG_SPACE keeps ``a*`` unsegmented (so no ``log 0`` enters it) and runs the
+``logcumsumexp`` as a segmented prefix scan; ``h0``'s term is ``exp(a*_t - a*_{s-1}) h0``
+with ``s`` the segment's first step.
+
 Precision note for LOG_SPACE: ``a*`` grows like ``T`` times the mean ``|log a|``,
 and the final ``a* + logcumsumexp(log b - a*)`` cancels two large numbers, so its
 float32 relative error grows with ``|a*|``. Measured against float64 at T=4096,
@@ -94,7 +101,11 @@ def _compute_dtype(*arrays: Array):
     return jnp.promote_types(jnp.result_type(*arrays), jnp.float32)
 
 
-def _check(where: str, a: Array, b: Array, h0: Array, mask: Array | None) -> None:
+def _check(where: str, a: Array, b: Array, h0: Array, mask: Array | None,
+           resets: Array | None = None) -> None:
+    if resets is not None and resets.shape != a.shape[:2]:
+        raise ValueError(f"{where}: resets must be time-major (T, B) = {a.shape[:2]}, got "
+                         f"{resets.shape}")
     if a.ndim < 2:
         raise ValueError(f"{where}: inputs must be time-major (T, B, H), got shape {a.shape}")
     if a.shape != b.shape:
@@ -154,6 +165,7 @@ def linear_scan(
     reverse: bool = False,
     mode: ScanMode | str = ScanMode.ASSOCIATIVE,
     unroll: int = 1,
+    resets: Array | None = None,
 ) -> tuple[Array, Array]:
     """Solves ``h_t = a_t * h_{t-1} + b_t`` (elementwise) for real or complex ``a``, ``b``.
 
@@ -167,6 +179,8 @@ def linear_scan(
       mode: :attr:`ScanMode.SEQUENTIAL` or :attr:`ScanMode.ASSOCIATIVE` (or their
         strings). LOG_SPACE needs positive inputs: use :func:`log_linear_scan`.
       unroll: ``jax.lax.scan`` unroll factor (SEQUENTIAL only).
+      resets: ``(T, B)`` bool or None: True where ``h`` restarts from ``h0`` before the
+        step (ignored on masked steps).
 
     Returns:
       ``(h_last, hs)``: ``h_last`` ``(B, H)`` is the state after the last step
@@ -175,7 +189,7 @@ def linear_scan(
     """
     mode = ScanMode.parse(mode)
     a, b, h0 = jnp.asarray(a), jnp.asarray(b), jnp.asarray(h0)
-    _check("linear_scan", a, b, h0, mask)
+    _check("linear_scan", a, b, h0, mask, resets)
     if mode is ScanMode.LOG_SPACE:
         raise ValueError(
             "linear_scan: ScanMode.LOG_SPACE needs a > 0 and b > 0 given as logarithms; "
@@ -188,6 +202,11 @@ def linear_scan(
         m = _expand(mask, a)
         a = jnp.where(m, a, jnp.ones_like(a))
         b = jnp.where(m, b, jnp.zeros_like(b))
+    if resets is not None:
+        # A restart is h_t = a_t h0 + b_t: fold h0 into b and cut the chain (a = 0).
+        r = _expand(resets if mask is None else resets & mask.astype(bool), a)
+        b = jnp.where(r, b + a * h0, b)
+        a = jnp.where(r, jnp.zeros_like(a), a)
 
     if mode is ScanMode.SEQUENTIAL:
         def step(h, ab):
@@ -214,6 +233,7 @@ def log_linear_scan(
     reverse: bool = False,
     mode: ScanMode | str = ScanMode.LOG_SPACE,
     unroll: int = 1,
+    resets: Array | None = None,
 ) -> tuple[Array, Array]:
     """Solves ``h_t = exp(log_a_t) * h_{t-1} + exp(log_b_t)`` (elementwise).
 
@@ -231,19 +251,20 @@ def log_linear_scan(
       reverse: run from ``t = T-1`` down to 0; outputs stay in input order.
       mode: any :class:`ScanMode` or its string.
       unroll: ``jax.lax.scan`` unroll factor (SEQUENTIAL only).
+      resets: ``(T, B)`` bool or None, as :func:`linear_scan`.
 
     Returns:
       ``(h_last, hs)`` in real space, as :func:`linear_scan`; dtype of ``log_b``.
     """
     mode = ScanMode.parse(mode)
     log_a, log_b, h0 = jnp.asarray(log_a), jnp.asarray(log_b), jnp.asarray(h0)
-    _check("log_linear_scan", log_a, log_b, h0, mask)
+    _check("log_linear_scan", log_a, log_b, h0, mask, resets)
     out_dtype = log_b.dtype
     ct = _compute_dtype(log_a, log_b, h0)
     log_a, log_b, h0 = log_a.astype(ct), log_b.astype(ct), h0.astype(ct)
     if mode is not ScanMode.LOG_SPACE:
         h_last, hs = linear_scan(jnp.exp(log_a), jnp.exp(log_b), h0, mask, reverse=reverse,
-                                 mode=mode, unroll=unroll)
+                                 mode=mode, unroll=unroll, resets=resets)
         return h_last.astype(out_dtype), hs.astype(out_dtype)
 
     if mask is not None:
@@ -253,6 +274,30 @@ def log_linear_scan(
     # a*_t = sum of log a over the steps processed so far, this one included;
     # then h_t = exp(a*_t) h0 + sum_{s<=t} exp(a*_t - a*_s + log b_s).
     a_star = _prefix(jnp.add, log_a, reverse)
-    log_hb = a_star + _prefix(jnp.logaddexp, log_b - a_star, reverse)
-    hs = jnp.exp(a_star) * h0 + jnp.exp(log_hb)
+    if resets is None:
+        log_hb = a_star + _prefix(jnp.logaddexp, log_b - a_star, reverse)
+        hs = jnp.exp(a_star) * h0 + jnp.exp(log_hb)
+        return _finish(hs, mask, reverse, out_dtype)
+    # Segmented: a*_t - a*_{s-1} is the log product of a over the segment so far
+    # (s its first step), and the logcumsumexp restarts at s.
+    r = _expand(resets if mask is None else resets & mask.astype(bool), log_a)
+    r = jnp.broadcast_to(r, log_a.shape)
+    a_before = a_star - log_a  # a*_{t-1}: 0 at the first step processed
+    seg_base = _segmented(lambda v1, v2: v1, jnp.where(r, a_before, 0.0), r, reverse)
+    log_hb = a_star + _segmented(jnp.logaddexp, log_b - a_star, r, reverse)
+    hs = jnp.exp(a_star - seg_base) * h0 + jnp.exp(log_hb)
     return _finish(hs, mask, reverse, out_dtype)
+
+
+def _segmented(op: Callable, x: Array, starts: Array, reverse: bool) -> Array:
+    """Inclusive prefix reduction with ``op`` that restarts where ``starts`` is True.
+
+    With ``op = lambda v1, v2: v1`` on values placed at the starts (zero elsewhere, and an
+    implicit start at the first step processed) it carries each segment's start value.
+    """
+    def combine(earlier, later):
+        f1, v1 = earlier
+        f2, v2 = later
+        return f1 | f2, jnp.where(f2, v2, op(v1, v2))
+
+    return jax.lax.associative_scan(combine, (starts, x), reverse=reverse, axis=0)[1]

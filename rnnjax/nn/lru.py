@@ -205,7 +205,7 @@ class LRUCell(RecurrentCell):
         out = carry.h.dtype
         return LRUState(y.astype(out), re.astype(out), im.astype(out)), y.astype(xp.dtype)
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """The recurrence over ``xp`` ``(T, B, 3H)`` by :func:`linear_scan` (``scan_mode``),
         then the readout as one matmul over all steps. Same contract as
         :meth:`RecurrentCell.scan_projected`."""
@@ -213,7 +213,8 @@ class LRUCell(RecurrentCell):
         lam, bx, dx = self._coefficients(xp, cdtype)
         s0 = (carry.re + 1j * carry.im).astype(cdtype)
         s_last, ss = linear_scan(jnp.broadcast_to(lam, bx.shape), bx, s0, mask,
-                                 reverse=reverse, mode=self.scan_mode, unroll=unroll)
+                                 reverse=reverse, mode=self.scan_mode, unroll=unroll,
+                                 resets=resets)
         ys = self._readout(jnp.real(ss), jnp.imag(ss), dx)
         out = carry.h.dtype
         if mask is None:

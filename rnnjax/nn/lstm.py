@@ -21,8 +21,18 @@ import jax
 import jax.numpy as jnp
 
 from rnnjax.nn.cell import register_cell
-from rnnjax.nn.fused import _bmask, _check, _lane_scan, _outer_sum, _shift, lanes_for
+from rnnjax.nn.fused import (
+    _bmask,
+    _check,
+    _lane_scan,
+    _outer_sum,
+    _shift,
+    _valid_resets,
+    lanes_for,
+)
 from rnnjax.nn.gated import GatedCell
+from rnnjax.nn.regularizers import Regularised
+from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array, LSTMState
 
 
@@ -49,7 +59,7 @@ def lstm_gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
     return s[:, :H], s[:, H : 2 * H], s[:, 2 * H : 3 * H], s[:, 3 * H :]
 
 
-class LSTMCell(GatedCell):
+class LSTMCell(Regularised, GatedCell):
     """LSTM, PyTorch layout (see the module docstring).
 
     Carry: :class:`LSTMState` ``(h, c)``, each ``(B, H)``; output ``h`` ``(B, H)``.
@@ -62,6 +72,9 @@ class LSTMCell(GatedCell):
         autodiff works). All give the same numbers to float rounding.
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
+      weight_drop: DropConnect rate on ``w_hh``, one mask per call (Merity et al. 2017;
+        :mod:`rnnjax.nn.regularizers`); the fused loop runs on the dropped kernel.
+      zoneout: zoneout rate on ``h`` and ``c`` (Krueger et al. 2016); runs the plain scan.
       Others as :class:`rnnjax.nn.gated.GatedCell`.
     """
 
@@ -69,8 +82,11 @@ class LSTMCell(GatedCell):
     gate_names = ("i", "f", "g", "o")
 
     def __init__(self, in_features: int, hidden_features: int, *, forget_bias: float = 1.0,
-                 lanes: int | None = None, **kwargs):
+                 lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
+                 **kwargs):
+        self.zoneout = zoneout  # read by _unfusable during GatedCell.__init__
         super().__init__(in_features, hidden_features, **kwargs)
+        self._init_regularizers(weight_drop, zoneout, kwargs.get("rngs"))
         if lanes is not None and lanes < 1:
             raise ValueError(f"LSTMCell: lanes must be None or >= 1, got {lanes}")
         self.forget_bias = forget_bias
@@ -78,29 +94,41 @@ class LSTMCell(GatedCell):
         h = hidden_features
         self.b_hh[...] = self.b_hh[...].at[h : 2 * h].add(forget_bias)
 
-    def _gates(self, carry, xp):
-        h = carry[0]
-        return lstm_gates(xp + h @ self._p("w_hh"), lstm_gate_scale(self.hidden_features,
-                                                                     xp.dtype))
+    def _unfusable(self):
+        if self.zoneout:
+            return "zoneout runs the plain scan (the fused loop has no zoneout)"
+        return super()._unfusable()
 
-    def step_projected(self, carry, xp):
-        i, f, gs, o = self._gates(carry, xp)
+    def _gates(self, carry, xp, w_hh=None):
+        h = carry[0]
+        w_hh = self._p("w_hh") if w_hh is None else w_hh
+        return lstm_gates(xp + h @ w_hh, lstm_gate_scale(self.hidden_features, xp.dtype))
+
+    def _step(self, carry, xp, w_hh):
+        i, f, gs, o = self._gates(carry, xp, w_hh)
         c = f * carry[1] + i * (2 * gs - 1)
         h = o * jnp.tanh(c)
         return LSTMState(h, c), h
+
+    def step_projected(self, carry, xp):
+        return self._step_with_regularizers(carry, xp)
 
     def gate_activations(self, carry, xp_t):
         i, f, gs, o = self._gates(carry, xp_t)
         return {"i": ("sigmoid", i), "f": ("sigmoid", f), "g": ("tanh", 2 * gs - 1),
                 "o": ("sigmoid", o)}
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         # Why: the fused loop has a hand-written VJP that trains faster on XLA:CPU.
-        w_hh = self._p("w_hh")
+        w_hh = self._w_hh()  # one weight-drop mask for the whole call
+        step = partial(self._step, w_hh=w_hh)
+        if self.zone is not None:
+            return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
+                                      resets=resets)
         if self._fuse(xp, w_hh, carry):
             return lstm_scan(w_hh, xp, carry, mask, reverse=reverse, unroll=unroll,
-                             lanes=self.lanes)
-        return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll)
+                             lanes=self.lanes, resets=resets)
+        return masked_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll, resets=resets)
 
     def initialize_carry(self, batch_shape, dtype=None):
         z = self._zeros(batch_shape, dtype)
@@ -113,52 +141,60 @@ register_cell("lstm", LSTMCell)
 # ---------------------------------------------------------------------------
 # The fused loop
 # ---------------------------------------------------------------------------
-def _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, lanes, keep):
+def _lstm_forward(w, xp, h0, c0, mask, resets, reverse, unroll, lanes, keep):
     """The forward loop. Returns ``((h, c), ys, residuals or None)``."""
     H = w.shape[0]
     scale = lstm_gate_scale(H, xp.dtype)
 
     def step(carry, inp):
-        h, c = carry
-        xp_t, m_t = inp
-        i, f, gs, o = lstm_gates(xp_t + h @ w, scale)
-        c_new = f * c + i * (2 * gs - 1)
+        # With resets the initial carry rides along in the loop carry, so that the
+        # row blocks of _lane_scan each see their own rows of it.
+        h, c, *init = carry
+        xp_t, m_t, r_t = inp
+        h_in, c_in = h, c
+        if r_t is not None:
+            h_in = jnp.where(_bmask(r_t), init[0], h)
+            c_in = jnp.where(_bmask(r_t), init[1], c)
+        i, f, gs, o = lstm_gates(xp_t + h_in @ w, scale)
+        c_new = f * c_in + i * (2 * gs - 1)
         h_new = o * jnp.tanh(c_new)
         if m_t is not None:
             h_new = jnp.where(_bmask(m_t), h_new, h)
             c_new = jnp.where(_bmask(m_t), c_new, c)
         # The gates are kept as four (B, H) arrays: the backward then reads each
         # whole instead of slicing one (B, 4H) array, 1.2-1.4x faster per step.
-        return (h_new, c_new), ((h_new, c_new, (i, f, gs, o)) if keep else h_new)
+        return (h_new, c_new, *init), ((h_new, c_new, (i, f, gs, o)) if keep else h_new)
 
-    (h, c), out = _lane_scan(step, (h0, c0), (xp, mask), lanes=lanes, reverse=reverse,
-                             unroll=unroll)
+    init = () if resets is None else (h0, c0)
+    (h, c, *_), out = _lane_scan(step, (h0, c0, *init), (xp, mask, resets), lanes=lanes,
+                                 reverse=reverse, unroll=unroll)
     hs = out[0] if keep else out  # (T, B, H) h carry after each step
     ys = hs if mask is None else jnp.where(mask[..., None], hs, 0)
     return (h, c), ys, (out if keep else None)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _lstm(reverse, unroll, lanes, w, xp, h0, c0, mask):
-    (h, c), ys, _ = _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, lanes, keep=False)
+def _lstm(reverse, unroll, lanes, w, xp, h0, c0, mask, resets):
+    (h, c), ys, _ = _lstm_forward(w, xp, h0, c0, mask, resets, reverse, unroll, lanes,
+                                  keep=False)
     return (h, c), ys
 
 
-def _lstm_fwd(reverse, unroll, lanes, w, xp, h0, c0, mask):
-    (h, c), ys, (hs, cs, gates) = _lstm_forward(w, xp, h0, c0, mask, reverse, unroll, lanes,
-                                                keep=True)
-    return ((h, c), ys), (w, gates, hs, cs, h0, c0, mask)
+def _lstm_fwd(reverse, unroll, lanes, w, xp, h0, c0, mask, resets):
+    (h, c), ys, (hs, cs, gates) = _lstm_forward(w, xp, h0, c0, mask, resets, reverse, unroll,
+                                                lanes, keep=True)
+    return ((h, c), ys), (w, gates, hs, cs, h0, c0, mask, resets)
 
 
 def _lstm_bwd(reverse, unroll, lanes, res, cts):
-    w, gates, hs, cs, h0, c0, mask = res
+    w, gates, hs, cs, h0, c0, mask, resets = res
     (dh_T, dc_T), dys = cts
-    h_in, c_in = _shift(hs, h0, reverse), _shift(cs, c0, reverse)
+    h_in, c_in = _shift(hs, h0, reverse, resets), _shift(cs, c0, reverse, resets)
     w_t = w.T
 
     def step(carry, inp):
-        dh, dc = carry
-        (i, f, gs, o), c_t, cin_t, dy_t, m_t = inp
+        dh, dc, *acc = carry
+        (i, f, gs, o), c_t, cin_t, dy_t, m_t, r_t = inp
         g = 2 * gs - 1
         # The carried c equals the step's new c wherever the step is valid, and
         # masked steps get no gate gradient, so tanh(c_t) serves and no tanh has
@@ -184,13 +220,21 @@ def _lstm_bwd(reverse, unroll, lanes, res, cts):
         if m_t is not None:
             dh_prev = jnp.where(_bmask(m_t), dh_prev, dh)
             dc_prev = jnp.where(_bmask(m_t), dc_prev, dc)
-        return (dh_prev, dc_prev), dgates
+        if r_t is not None:
+            # A restarted step read the initial carry, not the previous step's.
+            r = _bmask(r_t)
+            acc = [acc[0] + jnp.where(r, dh_prev, 0), acc[1] + jnp.where(r, dc_prev, 0)]
+            dh_prev, dc_prev = jnp.where(r, 0, dh_prev), jnp.where(r, 0, dc_prev)
+        return (dh_prev, dc_prev, *acc), dgates
 
-    (dh0, dc0), dgates = _lane_scan(
-        step, (dh_T, dc_T), (gates, cs, c_in, dys, mask), lanes=lanes,
+    acc = () if resets is None else (jnp.zeros_like(dh_T), jnp.zeros_like(dc_T))
+    (dh0, dc0, *acc), dgates = _lane_scan(
+        step, (dh_T, dc_T, *acc), (gates, cs, c_in, dys, mask, resets), lanes=lanes,
         reverse=not reverse, unroll=unroll,
     )
-    return _outer_sum(h_in, dgates), dgates, dh0, dc0, None
+    if acc:
+        dh0, dc0 = dh0 + acc[0], dc0 + acc[1]
+    return _outer_sum(h_in, dgates), dgates, dh0, dc0, None, None
 
 
 _lstm.defvjp(_lstm_fwd, _lstm_bwd)
@@ -205,6 +249,7 @@ def lstm_scan(
     reverse: bool = False,
     unroll: int = 1,
     lanes: int | None = None,
+    resets: Array | None = None,
 ) -> tuple[LSTMState, Array]:
     """Fused LSTM over time-major projected inputs.
 
@@ -215,15 +260,18 @@ def lstm_scan(
       mask: ``(T, B)`` bool or None.
       reverse, unroll: as in :func:`rnnjax.nn.scan.masked_scan`.
       lanes: row blocks per loop body, as :func:`rnnjax.nn.fused.lanes_for`.
+      resets: ``(T, B)`` bool or None: restart from ``carry`` before the step
+        (:mod:`rnnjax.nn.scan`'s reset convention).
 
     Returns:
       ``(LSTMState(h, c), ys)`` with ``ys`` ``(T, B, H)``, zero where masked.
     """
-    _check(xp, w_hh, 4, mask, "lstm_scan")
+    _check(xp, w_hh, 4, mask, "lstm_scan", resets)
     h0, c0 = carry
     if mask is not None:
         mask = mask.astype(bool)
+    resets = _valid_resets(resets, mask)
     n = lanes_for(xp.shape[1], w_hh.shape[0], 4, lanes)
-    (h, c), ys = _lstm(bool(reverse), int(unroll), n, w_hh, xp, h0, c0, mask)
+    (h, c), ys = _lstm(bool(reverse), int(unroll), n, w_hh, xp, h0, c0, mask, resets)
     return LSTMState(h, c), ys
 

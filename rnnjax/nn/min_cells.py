@@ -130,7 +130,7 @@ class _MinCell(RecurrentCell):
         h = a * carry + b
         return h, h
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """Runs the linear scan chosen by ``scan_mode`` over ``xp`` ``(T, B, G*H)``.
 
         Same contract as :meth:`RecurrentCell.scan_projected`: returns
@@ -143,7 +143,8 @@ class _MinCell(RecurrentCell):
             scan, (a, b) = log_linear_scan, self._log_coefficients(xp32)
         else:
             scan, (a, b) = linear_scan, self._coefficients(xp32)
-        h_last, ys = scan(a, b, carry, mask, reverse=reverse, mode=self.scan_mode, unroll=unroll)
+        h_last, ys = scan(a, b, carry, mask, reverse=reverse, mode=self.scan_mode, unroll=unroll,
+                          resets=resets)
         return h_last.astype(carry.dtype), ys.astype(xp.dtype)
 
     def initialize_carry(self, batch_shape, dtype=None):

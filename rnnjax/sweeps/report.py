@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnjax.sweeps.search import search_report, search_trials
 from rnnjax.sweeps.study import (
     Study,
     Trial,
@@ -52,7 +53,7 @@ _OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.great
 @dataclasses.dataclass
 class TrialResult:
     trial: Trial
-    status: str  # done | failed | started | pending
+    status: str  # done | failed | started | pending (| pruned: an Optuna search stopped it)
     eval: dict[str, Any] | None
     rows: list[dict]
     error: str | None = None
@@ -337,8 +338,18 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
                 f"sweep root {root} holds the study run with arg {ran_arg!r}, not {study.arg!r}: "
                 f"a report of the other variant would overwrite its report with an empty "
                 f"table.{hint} Or pass the --root of the variant you mean.")
-    trials = expand(study, root)
-    results = [read_trial(t) for t in trials]
+    extra: list[str] = []
+    if study.optuna is not None:
+        found = search_trials(study, root)
+        trials = [t for t, _ in found]
+        results = [read_trial(t) for t in trials]
+        for r, (_, frozen) in zip(results, found):
+            if frozen.state.name == "PRUNED":
+                r.status = "pruned"  # its workdir holds a checkpoint, no results
+        extra = search_report(study, root)
+    else:
+        trials = expand(study, root)
+        results = [read_trial(t) for t in trials]
     rows = summarize(study, results)
     out = Path(out_dir) if out_dir is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -349,7 +360,7 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
         md += [study.description.strip(), ""]
     md += [f"Base config `{study.base}`; {len(trials)} trials "
            f"({len(rows)} configurations x {len(study.seeds)} seeds) in `{root}`. "
-           f"Mean ± std over seeds.", "", table, ""]
+           f"Mean ± std over seeds.", "", table, "", *extra]
     errors = [e for r in rows for e in r["errors"]]
     if errors:
         md += ["Failed trials:", ""] + [f"- `{n}`: {err}" for n, err in errors] + [""]
@@ -357,5 +368,7 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
         md += [f"![{p.stem}]({p.name})", ""]
     (out / "table.md").write_text("\n".join(md))
     (out / "table.csv").write_text(csv_text(study, rows))
+    if extra:  # an Optuna search: the best trials and the importances, printed too
+        table = "\n".join([table, "", *extra]).rstrip()
     return {"markdown": table, "table_md": out / "table.md", "table_csv": out / "table.csv",
             "plots": plot_paths, "rows": rows, "errors": errors}

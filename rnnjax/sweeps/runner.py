@@ -1,11 +1,13 @@
 """The sweep runner: every trial of a study as an ``rnnjax train`` process, resumably.
 
-Trials run as separate processes (``python -m rnnjax train ...``), ``workers`` at a
-time, each in its own run directory (:class:`rnnjax.train.workdir.Workdir`). A done
+Trials run as separate processes (``python -m rnnjax train ...``) on an executor
+(:mod:`rnnjax.sweeps.executors`: a local pool of ``workers``, Ray tasks or SLURM jobs),
+each in its own run directory (:class:`rnnjax.train.workdir.Workdir`). A done
 trial is skipped; an interrupted one is started again and the trainer resumes it
 from its checkpoints; a failing one gets ``failed.json`` (return code and the tail
 of its stderr) and the others go on. ``<root>/sweep.json`` lists every trial and
-its status.
+its status. An Optuna study (:mod:`rnnjax.sweeps.search`) runs through the same
+executors, its trials asked of the sampler as slots free.
 
 With ``vmap_seeds=True`` the trials that differ only in ``seed`` (and ``optim.lr``)
 and stand at the same checkpoint step run together as one ``rnnjax train`` process
@@ -17,17 +19,20 @@ This module never imports models or cells: trials are processes, results files.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from pathlib import Path
 from typing import Any
 
+from rnnjax.sweeps.executors import EXECUTORS, Executor, Job, Monitor, Outcome, get_executor
+from rnnjax.sweeps.search import OptunaSource
 from rnnjax.sweeps.study import VMAP_KEYS, Study, Trial, expand, format_cli_value, load_study
 from rnnjax.train.workdir import Workdir
 
@@ -48,99 +53,95 @@ def _tail(path: Path, chars: int = 4000) -> str:
 
 
 class _Book:
-    """The sweep's trial table, written to ``root/sweep.json`` after every change."""
+    """The sweep's trial table, ``root/sweep.json``.
 
-    def __init__(self, study: Study, root: Path, trials: list[Trial]):
+    Rewritten at most every ``min_interval`` seconds, longer for a big table (and by
+    :meth:`flush` at the end):
+    rewriting it after every status change costs O(trials) bytes per change, O(trials²)
+    per sweep, 150 GB for 10,000 trials (docs/cluster.md). Each trial's own workdir is
+    the truth; this file is the overview.
+    """
+
+    def __init__(self, study: Study, root: Path, trials: list[Trial], *, kind: str = "fixed",
+                 min_interval: float = 2.0):
         self.path = root / "sweep.json"
         self.lock = threading.Lock()
+        self.min_interval = min_interval
         self.head = {"study": study.name, "study_file": str(study.path) if study.path else None,
-                     "arg": study.arg, "base": study.base, "root": str(root)}
-        self.rows = {t.name: {**t.to_json(), "status": trial_status(t.workdir), "ran": False}
-                     for t in trials}
-        self.write()
+                     "arg": study.arg, "base": study.base, "root": str(root), "kind": kind}
+        self.rows: dict[str, dict] = {}
+        for t in trials:
+            self.add(t)
+        self.last = -math.inf
+        self.wait = min_interval
+        self.writes = 0
+        self.flush()
+
+    def add(self, trial: Trial) -> None:
+        with self.lock:
+            if trial.name not in self.rows:
+                self.rows[trial.name] = {**trial.to_json(), "status": trial_status(trial.workdir),
+                                         "ran": False}
+                self.dirty = True
 
     def update(self, name: str, **fields) -> None:
         with self.lock:
             self.rows[name].update(fields)
-            self.write()
+            self.dirty = True
+            if time.monotonic() - self.last >= self.wait:
+                self._write()
 
-    def write(self) -> None:
+    def flush(self) -> None:
+        with self.lock:
+            self._write()
+
+    def data(self) -> dict:
         counts: dict[str, int] = {}
         for r in self.rows.values():
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-        data = {**self.head, "updated": time.time(), "counts": counts,
+        return {**self.head, "updated": time.time(), "counts": counts,
                 "trials": list(self.rows.values())}
+
+    def _write(self) -> None:
+        text = json.dumps(self.data(), indent=1, default=str)
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str))
+        tmp.write_text(text)
         tmp.replace(self.path)
+        self.last = time.monotonic()
+        # A big table waits longer: at most ~100 kB/s of rewrites (6 MB for 10,000 trials:
+        # once a minute), so a sweep writes O(its duration) bytes, not O(trials²).
+        self.wait = max(self.min_interval, len(text) / 1e5)
+        self.dirty = False
+        self.writes += 1
 
     def summary(self) -> dict:
         with self.lock:
-            return json.loads(self.path.read_text())
+            return json.loads(json.dumps(self.data(), default=str))
 
 
-class _Procs:
-    """The child processes this sweep started, so an interrupt can stop exactly them."""
-
-    def __init__(self):
-        self.lock = threading.Lock()
-        self.live: set[subprocess.Popen] = set()
-        self.stopping = False
-
-    def run(self, cmd: list[str], out: Path, err: Path,
-            timeout: float | None) -> tuple[int | None, bool]:
-        """``(returncode, timed_out)``; returncode None: not started (the sweep is stopping)."""
-        with open(out, "ab") as fo, open(err, "ab") as fe:
-            with self.lock:
-                if self.stopping:
-                    return None, False
-                proc = subprocess.Popen(cmd, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
-                self.live.add(proc)
-            timed_out = False
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                # SIGTERM lets the trainer save a checkpoint before it exits.
-                timed_out = True
-                proc.terminate()
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            finally:
-                with self.lock:
-                    self.live.discard(proc)
-        return proc.returncode, timed_out
-
-    def stop_all(self) -> None:
-        with self.lock:
-            self.stopping = True
-            procs = list(self.live)
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-
-
-def _finish(book: _Book, trial: Trial, rc: int | None, timed_out: bool, seconds: float,
+def _finish(book: _Book, trial: Trial, outcome: Outcome, seconds: float,
             cmd: list[str], err_path: Path) -> str:
+    """The trial's status after its job ended, recorded in its workdir and the book."""
     wd = Workdir(trial.workdir)
     status = wd.status()
+    rc = outcome.returncode
     if rc is None:  # never started: the sweep was interrupted first
         book.update(trial.name, status=status)
         return status
+    if outcome.pruned:
+        # Stopped by its search's pruner: its checkpoint stays; not a failure.
+        book.update(trial.name, status="pruned", returncode=rc, seconds=round(seconds, 2),
+                    ran=True)
+        return "pruned"
     if status != "done":
         # A member that diverged has recorded its own failure (with its step) already.
         if wd.read_failure() is None:
             tail = _tail(err_path)
             lines = [ln for ln in tail.strip().splitlines() if ln.strip()]
-            wd.record_failure(lines[-1] if lines else f"return code {rc}", returncode=rc,
-                              timed_out=timed_out, command=cmd, stderr_tail=tail,
-                              stderr_path=str(err_path))
+            first = lines[-1] if lines else (outcome.note or f"return code {rc}")
+            wd.record_failure(first, returncode=rc, timed_out=outcome.timed_out, command=cmd,
+                              stderr_tail=tail, stderr_path=str(err_path),
+                              engine_error=outcome.note)
         status = "failed"
         info = wd.read_failure() or {}
         book.update(trial.name, error=str(info.get("error", ""))[:300], log=str(err_path))
@@ -148,30 +149,45 @@ def _finish(book: _Book, trial: Trial, rc: int | None, timed_out: bool, seconds:
     return status
 
 
-def _launch(cmd: list[str], trials: list[Trial], out: Path, err: Path, book: _Book,
-            procs: _Procs, timeout: float | None, log: Callable[[str], None],
-            what: str) -> None:
-    for t in trials:
-        Workdir(t.workdir).create().clear_failure()  # a retry starts without the old record
-        book.update(t.name, status="running", vmapped=len(trials) > 1)
-    log(f"[sweep] start  {what}")
-    t0 = time.perf_counter()
-    try:
-        rc, timed_out = procs.run(cmd, out, err, timeout)
-    except OSError as e:  # could not start the process at all: these fail, others go on
-        with open(err, "a") as f:
-            f.write(f"could not start {cmd}: {e}\n")
-        rc, timed_out = -1, False
-    for t in trials:
-        status = _finish(book, t, rc, timed_out, time.perf_counter() - t0, cmd, err)
-        log(f"[sweep] {status:6s} {t.name} ({time.perf_counter() - t0:.1f}s)")
+@dataclasses.dataclass
+class Unit:
+    """One job and the trials it trains (one, or a vmapped seed group)."""
+
+    job: Job
+    trials: list[Trial]
+    what: str
 
 
-def _run_one(trial: Trial, book: _Book, procs: _Procs, python: str, timeout: float | None,
-             log: Callable[[str], None]) -> None:
+def trial_unit(trial: Trial, python: str, timeout: float | None,
+               monitor: Monitor | None = None) -> Unit:
     wd = Workdir(trial.workdir)
-    _launch(trial.command(python), [trial], wd.stdout_path, wd.stderr_path, book, procs,
-            timeout, log, trial.name)
+    return Unit(Job(trial.name, trial.command(python), wd.stdout_path, wd.stderr_path,
+                    timeout, monitor), [trial], trial.name)
+
+
+def group_unit(group: list[Trial], python: str, timeout: float | None) -> Unit:
+    # The group's process output goes to its first member's workdir; every member's
+    # failure record points there.
+    wd = Workdir(group[0].workdir)
+    return Unit(Job(group[0].name, group_command(group, python), wd.stdout_path,
+                    wd.stderr_path, timeout), list(group),
+                f"vmapped group of {len(group)}: {group[0].name} ...")
+
+
+class _Fixed:
+    """A study whose trials are all known before it runs (grid, random, list)."""
+
+    limit = None  # hand every job over at once: the executor queues them
+
+    def __init__(self, units: list[Unit]):
+        self.units = units
+
+    def take(self, n: int | None) -> list[Unit]:
+        out, self.units = self.units, []
+        return out
+
+    def done(self, unit: Unit, outcome: Outcome, statuses: list[str]) -> None:
+        pass
 
 
 def group_command(group: Sequence[Trial], python: str = sys.executable) -> list[str]:
@@ -188,15 +204,6 @@ def group_command(group: Sequence[Trial], python: str = sys.executable) -> list[
     return cmd + ["--no-progress"]
 
 
-def _run_group(group: list[Trial], book: _Book, procs: _Procs, python: str,
-               timeout: float | None, log: Callable[[str], None]) -> None:
-    # The group's process output goes to its first member's workdir; every member's
-    # failure record points there.
-    wd = Workdir(group[0].workdir)
-    _launch(group_command(group, python), group, wd.stdout_path, wd.stderr_path, book, procs,
-            timeout, log, f"vmapped group of {len(group)}: {group[0].name} ...")
-
-
 def vmap_groups(trials: Sequence[Trial]) -> list[list[Trial]]:
     """Trials that differ only in ``seed``/``optim.lr``, share a config spec and stand at
     the same checkpoint step (none, or the step they were saved at together), grouped."""
@@ -210,18 +217,64 @@ def vmap_groups(trials: Sequence[Trial]) -> list[list[Trial]]:
     return list(groups.values())
 
 
+def _drive(ex: Executor, source, book: _Book, log: Callable[[str], None]) -> None:
+    """Hands the source's jobs to the executor and books each one as it ends."""
+    units: dict[str, Unit] = {}
+    started: dict[str, float] = {}
+
+    def on_start(job: Job) -> None:
+        unit = units[job.key]
+        for t in unit.trials:
+            Workdir(t.workdir).create().clear_failure()  # a retry starts without the old record
+            book.update(t.name, status="running", vmapped=len(unit.trials) > 1)
+        started[job.key] = time.perf_counter()
+        log(f"[sweep] start  {unit.what}")
+
+    in_flight: dict[Future, Unit] = {}
+    while True:
+        free = None if source.limit is None else source.limit - len(in_flight)
+        new = source.take(free) if free is None or free > 0 else []
+        for u in new:
+            units[u.job.key] = u
+            for t in u.trials:
+                book.add(t)
+        if new:
+            in_flight.update(zip(ex.submit([u.job for u in new], on_start), new))
+        if not in_flight:
+            return
+        finished, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+        for f in finished:
+            unit = in_flight.pop(f)
+            try:
+                outcome = f.result()
+            except Exception as e:  # the engine lost the job: a failed trial, others go on
+                outcome = Outcome(-1, note=f"{ex.name} executor: {type(e).__name__}: {e}")
+            seconds = time.perf_counter() - started.get(unit.job.key, time.perf_counter())
+            statuses = [_finish(book, t, outcome, seconds, unit.job.command, unit.job.stderr)
+                        for t in unit.trials]
+            for t, status in zip(unit.trials, statuses):
+                log(f"[sweep] {status:6s} {t.name} ({seconds:.1f}s)")
+            source.done(unit, outcome, statuses)
+
+
 def run_sweep(study: str | Path | Study, root: str | Path | None = None, *, workers: int = 1,
               smoke: bool = False, vmap_seeds: bool = False, timeout: float | None = None,
-              python: str = sys.executable, log: Callable[[str], None] | None = None) -> dict:
+              python: str = sys.executable, log: Callable[[str], None] | None = None,
+              executor: str | Executor = "local",
+              executor_options: dict[str, Any] | None = None) -> dict:
     """Runs every trial of ``study`` that is not done; returns the ``sweep.json`` content.
 
     Args:
       study: ``experiments/x.py[:arg]`` or a loaded :class:`Study`.
       root: the sweep root (default ``runs/<study name>``).
-      workers: trials (processes) run at once.
+      workers: trials (processes) run at once (local; the array parallelism on SLURM;
+        the trials in flight of an Optuna search).
       smoke: run the study's ``smoke`` variant.
       vmap_seeds: run trials that differ only in seed (and lr) as one vmapped process.
       timeout: seconds per trial (or vmapped group) before it is stopped and marked failed.
+      executor: ``local`` | ``ray`` | ``slurm`` (:mod:`rnnjax.sweeps.executors`), or an
+        :class:`Executor`.
+      executor_options: the executor's options (``address``, ``cpus_per_trial``, ...).
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
@@ -231,34 +284,56 @@ def run_sweep(study: str | Path | Study, root: str | Path | None = None, *, work
         raise ValueError("smoke=True needs a study spec, not a loaded Study; load it with "
                          "load_study(spec, smoke=True)")
     root = Path(root) if root is not None else study.default_root()
-    root.mkdir(parents=True, exist_ok=True)
-    trials = expand(study, root)
-    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
-    book = _Book(study, root, trials)
-    todo = [t for t in trials if trial_status(t.workdir) != "done"]
-    log(f"[sweep] {study.name}: {len(trials)} trials, {len(trials) - len(todo)} done, "
-        f"{len(todo)} to run in {root} with {workers} worker(s)")
-    procs = _Procs()
-    jobs: list[Callable[[], Any]] = []
-    if vmap_seeds:
-        for group in vmap_groups(todo):
-            if len(group) == 1:
-                jobs.append(lambda t=group[0]: _run_one(t, book, procs, python, timeout, log))
-            else:
-                jobs.append(lambda g=group: _run_group(g, book, procs, python, timeout, log))
+    if isinstance(executor, str):
+        if executor not in EXECUTORS:
+            raise ValueError(f"unknown executor {executor!r}; known: {sorted(EXECUTORS)}")
+        opts = dict(executor_options or {})
+        if EXECUTORS[executor].remote:
+            root = root.resolve()  # workers elsewhere see the same absolute paths
+        if executor == "slurm":
+            opts.setdefault("folder", root / ".submitit")
+            opts.setdefault("timeout", timeout)
+        ex = get_executor(executor, workers=workers, **opts)
     else:
-        jobs = [lambda t=t: _run_one(t, book, procs, python, timeout, log) for t in todo]
-    pool = ThreadPoolExecutor(max_workers=workers)
-    try:
-        for f in [pool.submit(j) for j in jobs]:
-            f.result()  # _run_one/_run_group record their own failures; this is a bug
-    except KeyboardInterrupt:
-        # Stop the children this sweep started (SIGTERM: the trainer checkpoints first).
-        procs.stop_all()
-        pool.shutdown(wait=True, cancel_futures=True)
-        for t in trials:
-            if book.rows[t.name]["status"] == "running":
-                book.update(t.name, status=trial_status(t.workdir))
-        raise
-    pool.shutdown(wait=True)
+        ex = executor
+        if ex.remote:
+            root = root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+    if study.optuna is not None:
+        if vmap_seeds:
+            raise ValueError(f"study {study.name} is an Optuna search: each trial is one "
+                             f"process; drop vmap_seeds")
+        source = OptunaSource(study, root, python=python, timeout=timeout, workers=workers,
+                              log=log)
+        trials = source.known_trials()
+        book = _Book(study, root, trials, kind="optuna")
+        for name, status in source.known_statuses().items():
+            book.update(name, status=status)
+        log(f"[sweep] {study.name}: Optuna search, {source.n_trials} trials, {len(trials)} in "
+            f"the storage {source.storage_url}; {workers} at a time on {ex.name}")
+    else:
+        trials = expand(study, root)
+        book = _Book(study, root, trials)
+        todo = [t for t in trials if trial_status(t.workdir) != "done"]
+        log(f"[sweep] {study.name}: {len(trials)} trials, {len(trials) - len(todo)} done, "
+            f"{len(todo)} to run in {root} with {workers} worker(s) on {ex.name}")
+        if vmap_seeds:
+            units = [trial_unit(g[0], python, timeout) if len(g) == 1
+                     else group_unit(g, python, timeout) for g in vmap_groups(todo)]
+        else:
+            units = [trial_unit(t, python, timeout) for t in todo]
+        source = _Fixed(units)
+    with ex:
+        try:
+            _drive(ex, source, book, log)
+        except KeyboardInterrupt:
+            # Stop the children this sweep started (SIGTERM: the trainer checkpoints first).
+            ex.stop()
+            for name, row in book.rows.items():
+                if row["status"] == "running":
+                    book.update(name, status=trial_status(row["workdir"]))
+            book.flush()
+            raise
+    book.flush()
     return book.summary()

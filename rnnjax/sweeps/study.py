@@ -7,12 +7,14 @@ e.g. ``:smoke`` or ``:quick``)::
 
     {
       "base": "configs/adding.py:T=100",      # the config every trial starts from
-      # at most one of grid / random / trials (none: a single configuration)
+      # at most one of grid / random / trials / optuna (none: a single configuration)
       "grid": {"model.cell": ["lstm", "gru"], ":T": [100, 200]},   # Cartesian product
       "random": {"n": 8, "seed": 0,                                 # random search
                  "space": {"optim.lr": ("loguniform", 1e-4, 1e-2),
                            "model.hidden": ("choice", [32, 64])}},
       "trials": [{"model.cell": "gru"}, {"model.cell": "lstm", ":T": 50}],  # explicit list
+      "optuna": {"n_trials": 20, "space": {...}, "metric": "eval.mse",   # a guided search
+                 "direction": "minimize", "sampler": "tpe", "pruner": "median"},
       "fixed": {"train.steps": 500, ":T": 50},  # in every trial, kept out of trial names
       "seeds": [0, 1, 2],                     # the seed axis (config key ``seed``)
       "metrics": {"eval.mse": "min", "train.grad_norm:max": "min"},  # what report shows
@@ -56,8 +58,12 @@ METRIC_AGGS = ("max", "min", "mean", "last", "first")
 SEED_KEY = "seed"
 #: Keys a vmapped group may differ in (rnnjax.train.trainer.MEMBER_KEYS).
 VMAP_KEYS = ("seed", "optim.lr")
-_STUDY_KEYS = ("base", "grid", "random", "trials", "fixed", "seeds", "metrics", "success",
-               "plot", "description")
+_STUDY_KEYS = ("base", "grid", "random", "trials", "optuna", "fixed", "seeds", "metrics",
+               "success", "plot", "description")
+OPTUNA_SAMPLERS = ("tpe", "random")
+OPTUNA_PRUNERS = ("median", "asha", "threshold", "none")
+_OPTUNA_KEYS = ("n_trials", "space", "metric", "direction", "sampler", "pruner",
+                "pruner_kwargs", "storage", "seed")
 
 
 # ---------------------------------------------------------------------------
@@ -81,6 +87,7 @@ class Study:
     success: dict[str, tuple[str, float]]
     plot: dict[str, Any]
     description: str = ""
+    optuna: dict | None = None  # an Optuna search (rnnjax.sweeps.search): trials chosen as it runs
 
     @property
     def axes(self) -> list[str]:
@@ -89,6 +96,8 @@ class Study:
             return list(self.grid)
         if self.random is not None:
             return list(self.random["space"])
+        if self.optuna is not None:
+            return list(self.optuna["space"])
         keys: list[str] = []
         for t in self.trials or []:
             keys.extend(k for k in t if k not in keys)
@@ -150,9 +159,10 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
     if "base" not in desc:
         raise ValueError(f"sweep {name}: 'base' (a config spec like configs/adding.py:T=100) "
                          f"is required")
-    given = [k for k in ("grid", "random", "trials") if desc.get(k) is not None]
+    given = [k for k in ("grid", "random", "trials", "optuna") if desc.get(k) is not None]
     if len(given) > 1:
-        raise ValueError(f"sweep {name}: give at most one of grid, random, trials; got {given}")
+        raise ValueError(f"sweep {name}: give at most one of grid, random, trials, optuna; "
+                         f"got {given}")
     grid = desc.get("grid")
     if grid is not None:
         if not isinstance(grid, Mapping) or not grid:
@@ -172,6 +182,12 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
         for k, dist in space.items():
             _check_dist(name, k, dist)
         random = {"n": random["n"], "seed": int(random.get("seed", 0)), "space": dict(space)}
+    optuna = desc.get("optuna")
+    if optuna is not None:
+        optuna = _check_optuna(name, optuna)
+        if len(list(desc.get("seeds", [0]))) != 1:
+            raise ValueError(f"sweep {name}: an optuna study trains one seed per trial; give "
+                             f"one seed (repeat the best configurations over seeds in a grid)")
     trials = desc.get("trials")
     if trials is not None:
         if not trials or not all(isinstance(t, Mapping) for t in trials):
@@ -182,7 +198,8 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
         raise ValueError(f"sweep {name}: seeds must be a non-empty list of ints, got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ValueError(f"sweep {name}: seeds has repeats: {seeds}")
-    for source in (grid or {}, (random or {}).get("space", {}), *(trials or []),
+    for source in (grid or {}, (random or {}).get("space", {}),
+                   (optuna or {}).get("space", {}), *(trials or []),
                    desc.get("fixed", {})):
         if SEED_KEY in source:
             raise ValueError(f"sweep {name}: set seeds with the 'seeds' field, not as an "
@@ -206,7 +223,42 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
                  base_path=_resolve_base(base, path), grid=grid, random=random, trials=trials,
                  fixed=dict(desc.get("fixed", {})), seeds=seeds, metrics=metrics,
                  success=success, plot=dict(desc.get("plot", {})),
-                 description=str(desc.get("description", "")))
+                 description=str(desc.get("description", "")), optuna=optuna)
+
+
+def _check_optuna(name: str, spec: Any) -> dict:
+    """An optuna block, validated, with its defaults filled in (no optuna import)."""
+    if not isinstance(spec, Mapping):
+        raise ValueError(f"sweep {name}: optuna must be a dict, got {type(spec).__name__}")
+    unknown = sorted(set(spec) - set(_OPTUNA_KEYS))
+    if unknown:
+        raise ValueError(f"sweep {name}: optuna has unknown fields {unknown}; known: "
+                         f"{list(_OPTUNA_KEYS)}")
+    out = {"sampler": "tpe", "pruner": "median", "pruner_kwargs": {}, "storage": None,
+           "seed": 0, "direction": "minimize", **spec}
+    if not isinstance(out.get("n_trials"), int) or out["n_trials"] < 1:
+        raise ValueError(f"sweep {name}: optuna needs n_trials >= 1, got "
+                         f"{out.get('n_trials')!r}")
+    space = out.get("space")
+    if not isinstance(space, Mapping) or not space:
+        raise ValueError(f"sweep {name}: optuna needs a 'space' dict key -> distribution")
+    for k, dist in space.items():
+        _check_dist(name, k, dist)
+    if "metric" not in out:
+        raise ValueError(f"sweep {name}: optuna needs the 'metric' it optimises, e.g. eval.mse")
+    if parse_metric(out["metric"])[2] is not None:
+        raise ValueError(f"sweep {name}: optuna's metric is a logged value (<split>.<key>, "
+                         f"e.g. eval.mse), not an aggregate; got {out['metric']!r}")
+    if out["direction"] not in ("minimize", "maximize"):
+        raise ValueError(f"sweep {name}: optuna direction must be 'minimize' or 'maximize', "
+                         f"got {out['direction']!r}")
+    for field, known in (("sampler", OPTUNA_SAMPLERS), ("pruner", OPTUNA_PRUNERS)):
+        if out[field] not in known:
+            raise ValueError(f"sweep {name}: unknown optuna {field} {out[field]!r}; known: "
+                             f"{list(known)}")
+    out["space"] = dict(space)
+    out["pruner_kwargs"] = dict(out["pruner_kwargs"] or {})
+    return out
 
 
 def _check_dist(name, key, dist):
@@ -376,23 +428,38 @@ def expand(study: Study, root: str | Path | None = None) -> list[Trial]:
     for c in configs:
         all_keys.extend(k for k in c if k not in all_keys)
     names = short_names([*all_keys, SEED_KEY])
+    if study.optuna is not None:
+        raise ValueError(f"sweep {study.name} is an Optuna search: its trials are chosen as it "
+                         f"runs; read them with rnnjax.sweeps.search.search_trials(study, root)")
     trials, seen = [], {}
     for conf in configs:
         for seed in study.seeds:
-            overrides = {**conf, SEED_KEY: seed}
-            every = {**study.fixed, **overrides}
-            args = {k: v for k, v in every.items() if k.startswith(":")}
-            config_overrides = {k: v for k, v in every.items() if not k.startswith(":")}
-            # The hash covers what defines the run: base config, fixed values, overrides.
-            identity = {"base": study.base, "fixed": study.fixed, "overrides": overrides}
-            name = trial_name(overrides, names, identity)
-            if name in seen:
+            trial = make_trial(study, {**conf, SEED_KEY: seed}, names, root)
+            if trial.name in seen:
                 raise ValueError(f"sweep {study.name}: two trials have the same overrides "
-                                 f"{overrides}; remove the duplicate")
-            seen[name] = True
-            trials.append(Trial(name=name, overrides=overrides,
-                                spec=_spec_with_args(study.base, study.base_path, args),
-                                config_overrides=config_overrides, workdir=root / name))
+                                 f"{trial.overrides}; remove the duplicate")
+            seen[trial.name] = True
+            trials.append(trial)
     return trials
+
+
+def make_trial(study: Study, overrides: dict[str, Any], names: Mapping[str, str],
+               root: Path, *, prefix: str = "", identity: Mapping[str, Any] | None = None
+               ) -> Trial:
+    """One trial of ``study`` with ``overrides`` (seed included), in ``root/<name>``.
+
+    ``prefix`` starts the name (an Optuna trial's number); ``identity`` adds to what
+    the name's hash covers.
+    """
+    every = {**study.fixed, **overrides}
+    args = {k: v for k, v in every.items() if k.startswith(":")}
+    config_overrides = {k: v for k, v in every.items() if not k.startswith(":")}
+    # The hash covers what defines the run: base config, fixed values, overrides.
+    ident = {"base": study.base, "fixed": study.fixed, "overrides": overrides,
+             **(identity or {})}
+    name = prefix + trial_name(overrides, names, ident)
+    return Trial(name=name, overrides=overrides,
+                 spec=_spec_with_args(study.base, study.base_path, args),
+                 config_overrides=config_overrides, workdir=Path(root) / name)
 
 

@@ -48,6 +48,7 @@ from jax.sharding import PartitionSpec as P
 
 from rnnjax.config_schema import validate
 from rnnjax.tasks.base import build
+from rnnjax.train import distributed
 from rnnjax.train.hooks import Hook
 from rnnjax.train.metrics import MetricWriter, Progress, latest_rows, plot_curves, read_metrics
 from rnnjax.train.optim import make_optimizer, make_schedule
@@ -235,6 +236,16 @@ def quality_warnings(task, final: dict, workdir: Workdir) -> list[str]:
     return out
 
 
+class _NoWriter:
+    """What processes other than 0 write metrics to: nothing."""
+
+    def write(self, *args, **kwargs):
+        return {}
+
+    def close(self):
+        pass
+
+
 def make_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("data",))
 
@@ -316,9 +327,14 @@ def train_members(configs: Sequence[ml_collections.ConfigDict],
         # A finished run only reports: nothing is written (a read-only workdir works).
         log.warning("already done: %s", ", ".join(str(w.path) for w in workdirs))
         return [w.read_results()["eval"] for w in workdirs]
+    if distributed.multi_process() and len(configs) > 1:
+        raise ValueError("vmapped members (several --workdir) and multi-process training do "
+                         "not combine: run the members as separate multi-process runs")
     with contextlib.ExitStack() as stack:
+        # With N processes, process 0 holds the lock for all of them.
         for w in sorted(workdirs, key=lambda w: str(w.path.resolve())):
-            stack.enter_context(w.locked())
+            if distributed.is_main():
+                stack.enter_context(w.locked())
         try:
             return _train(configs, workdirs, progress=progress, hooks=hooks)
         except VmapUnsupported as e:
@@ -353,7 +369,9 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
     replicated = NamedSharding(mesh, P())
 
     def put_batch(batch):
-        return {k: jax.device_put(np.asarray(v), data_sharding) for k, v in batch.items()}
+        return distributed.global_batch(batch, data_sharding)
+
+    main = distributed.is_main()  # writes the run directory (process 0 of N)
 
     # Params train; RngState is reseeded every step; everything else (frozen
     # embeddings) is constant and rebuilt from the config, so not checkpointed.
@@ -419,8 +437,9 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
     # Now the run has really started: record the config and the task's files.
     latest = []
     for m in members:
-        m.workdir.write_config(m.config)
-        m.task.save_artifacts(m.workdir.path)
+        if main:
+            m.workdir.write_config(m.config)
+            m.task.save_artifacts(m.workdir.path)
         m.ckpt = m.workdir.checkpointer(m.task, tc.keep_checkpoints)
         latest.append(m.ckpt.latest_step() or 0)
     # Vmapped members are saved one after another; a kill between two saves leaves them
@@ -442,9 +461,10 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         log.warning("resumed from step %d in %s", start,
                     ", ".join(str(m.workdir.path) for m in members))
     for m in members:
-        m.workdir.truncate_metrics(after_step=start)
+        if main:
+            m.workdir.truncate_metrics(after_step=start)
     state = _stack(states) if vmapped else states[0]
-    state = jax.tree.map(jnp.copy, jax.device_put(state, replicated))
+    state = jax.tree.map(jnp.copy, distributed.replicate(state, replicated))
     rng_states = _stack([p[2] for p in parts]) if vmapped else parts[0][2]
     consts = _stack([p[3] for p in parts]) if vmapped else parts[0][3]
     rngs = jnp.stack([m.rng for m in members]) if vmapped else members[0].rng
@@ -481,8 +501,11 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         return _member(state, m.index) if vmapped else state
 
     def eval_model(m: _Member) -> nnx.Module:
+        """The member's eval-mode model; with N processes on host copies of the replicated
+        parameters, so that work only process 0 does (hooks, reports) runs no collective."""
         pick = (lambda t: _member(t, m.index)) if vmapped else (lambda t: t)
-        return nnx.merge(graphdef_eval, pick(state.params), pick(rng_states), pick(consts))
+        return nnx.merge(graphdef_eval, distributed.to_host(pick(state.params)),
+                         pick(rng_states), pick(consts))
 
     def save(m: _Member, step: int, data_state: dict, eval_metrics: dict | None = None) -> None:
         meta = {"step": step, "data_state": data_state, "seed": m.config.seed}
@@ -501,8 +524,9 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         m.failed = (f"{what} at step {step}{who}. The last good checkpoint (step {good}) in "
                     f"{m.workdir.checkpoint_dir} is kept. Lower optim.lr, enable optim.clip, "
                     f"or check the data.")
-        m.workdir.record_failure(m.failed, step=step, kind="non_finite",
-                                 last_good_step=good)
+        if main:
+            m.workdir.record_failure(m.failed, step=step, kind="non_finite",
+                                     last_good_step=good)
 
     # 4. The loop. Steps are dispatched without waiting for the device: the metrics of
     # each step stay on the device until a sync point (a log, eval, hook or checkpoint
@@ -518,8 +542,8 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         return raw, put_batch(batch), [m.data.state_dict() for m in members]
 
     for m in members:
-        m.writer = MetricWriter(m.workdir, tensorboard=tc.tensorboard)
-    bar = Progress(total, initial=start, enabled=progress)
+        m.writer = MetricWriter(m.workdir, tensorboard=tc.tensorboard) if main else _NoWriter()
+    bar = Progress(total, initial=start, enabled=progress if main else False)
     t_last, steps_since = time.perf_counter(), 0
     pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet fetched
     prefetch = Prefetcher(produce, int(tc.get("prefetch", 0)))
@@ -572,7 +596,7 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                         for m in live])))
                 for hook in hooks_now:
                     for m, b in zip(members, batches):
-                        if m.failed is None:
+                        if m.failed is None and main:
                             m.writer.write(step, hook.split, hook.fn(eval_model(m), m.task, b))
                 if did_eval:
                     for m, ev in zip(members, run_eval()):
@@ -606,6 +630,10 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         if m.last_eval is None:
             m.last_eval = run_eval()[m.index]
         final = dict(m.last_eval)
+        if not main:  # process 0 reports and writes; the others are done
+            m.ckpt.close()
+            finals.append(final)
+            continue
         final.update(m.task.final_report(eval_model(m), m.workdir.path))
         extra = {"mode": "vmap", "members": K} if vmapped else {}
         warnings = quality_warnings(m.task, final, m.workdir)

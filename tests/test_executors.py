@@ -1,0 +1,220 @@
+"""Executors (local, Ray, SLURM through submitit) and the Optuna search, on tiny studies.
+
+Each engine runs the same 3-trial study (one trial fails: ``model.cell=nope``) and
+must keep the runner's guarantees: statuses, failure records with stderr, sweep.json,
+and resume (a trial with a checkpoint but no results resumes, not restarts). The
+optional engines skip with a reason when they are not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rnnjax.sweeps import run_sweep, study_from_dict, trial_status
+from rnnjax.sweeps.executors import EXECUTORS, get_executor
+from rnnjax.train.metrics import read_metrics
+
+REASON = "{} not installed: pip install 'rnnjax[cluster]' to test the {} executor"
+
+STUDY = '''
+def get_sweep(arg=None):
+    return {
+        "base": "configs/adding.py:smoke",
+        "trials": [{"model.cell": "gru"}, {"model.cell": "rnn_tanh"}, {"model.cell": "nope"}],
+        "fixed": {"data.seq_len": 6, "train.steps": 2},
+        "seeds": [0],
+        "metrics": {"eval.mse": "min"},
+    }
+'''
+
+
+def _study_file(tmp: Path) -> Path:
+    path = tmp / "tiny.py"
+    path.write_text(textwrap.dedent(STUDY))
+    return path
+
+
+def _check_first_run(out: dict) -> None:
+    status = {t["overrides"]["model.cell"]: t["status"] for t in out["trials"]}
+    assert status == {"gru": "done", "rnn_tanh": "done", "nope": "failed"}
+    assert out["counts"] == {"done": 2, "failed": 1}
+    on_disk = json.loads((Path(out["root"]) / "sweep.json").read_text())
+    assert on_disk["counts"] == {"done": 2, "failed": 1}
+    assert [t["status"] for t in on_disk["trials"]] == ["done", "done", "failed"]
+    bad = next(t for t in out["trials"] if t["status"] == "failed")
+    failed = json.loads((Path(bad["workdir"]) / "failed.json").read_text())
+    assert failed["returncode"] != 0 and "nope" in failed["stderr_tail"]
+    assert failed["stderr_path"] == str(Path(bad["workdir"]) / "stderr.log")
+    assert "nope" in bad["error"]
+    for t in out["trials"][:2]:
+        res = json.loads((Path(t["workdir"]) / "results.json").read_text())
+        assert res["status"] == "done" and res["step"] == 2
+
+
+def _interrupt_and_resume(study: Path, out: dict, **kw) -> None:
+    """Deletes a done trial's results (a run killed after its step-2 checkpoint) and
+    runs the sweep again: that trial resumes, the other done one is skipped."""
+    root = Path(out["root"])
+    done = [t["name"] for t in out["trials"] if t["status"] == "done"]
+    kept_mtime = (root / done[0] / "results.json").stat().st_mtime_ns
+    (root / done[1] / "results.json").unlink()
+    assert trial_status(root / done[1]) == "started"
+    again = run_sweep(str(study), root, log=lambda s: None, **kw)
+    ran = {t["name"]: t["ran"] for t in again["trials"]}
+    assert ran[done[0]] is False
+    assert (root / done[0] / "results.json").stat().st_mtime_ns == kept_mtime
+    assert ran[done[1]] is True and trial_status(root / done[1]) == "done"
+    # Resumed from the step-2 checkpoint: each step logged once (a restart logs twice).
+    steps = [r["step"] for r in read_metrics(root / done[1]) if r["split"] == "train"]
+    assert steps == [1, 2]
+    assert again["counts"] == {"done": 2, "failed": 1}
+
+
+# ---------------------------------------------------------------------------
+# The registry and the optional engines' messages (no processes).
+# ---------------------------------------------------------------------------
+def test_executors_are_found_by_name_and_an_unknown_name_lists_them():
+    assert set(EXECUTORS) >= {"local", "ray", "slurm"}
+    with pytest.raises(ValueError, match=r"unknown executor 'k8s'; known: \['local', 'ray'"):
+        get_executor("k8s")
+    with pytest.raises(ValueError, match="unknown options"):
+        get_executor("ray", adress="x")
+
+
+@pytest.mark.parametrize("name, module", [("ray", "ray"), ("slurm", "submitit")])
+def test_a_missing_engine_names_the_extra(name, module, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, module, None)  # `import module` now raises ImportError
+    ex = get_executor(name, **({"folder": tmp_path} if name == "slurm" else {}))
+    with pytest.raises(ImportError, match=r"pip install 'rnnjax\[cluster\]'"):
+        ex.start()
+
+
+def test_a_missing_optuna_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    study = study_from_dict({"base": "configs/adding.py:smoke", "optuna": {
+        "n_trials": 2, "space": {"optim.lr": ("loguniform", 1e-3, 1e-2)},
+        "metric": "eval.mse"}}, name="s")
+    with pytest.raises(ImportError, match=r"optuna study needs the 'optuna'.*rnnjax\[cluster\]"):
+        run_sweep(study, tmp_path, log=lambda s: None)
+
+
+def test_sweep_json_is_rewritten_at_most_every_interval(tmp_path):
+    from rnnjax.sweeps.runner import _Book
+    from rnnjax.sweeps.study import expand
+
+    study = study_from_dict({"base": "configs/adding.py:smoke", "seeds": list(range(50))},
+                            name="s")
+    trials = expand(study, tmp_path)
+    book = _Book(study, tmp_path, trials, min_interval=3600)
+    for t in trials:
+        book.update(t.name, status="running")
+        book.update(t.name, status="done")
+    assert book.writes == 1  # the first write only: 100 changes, no rewrite
+    assert json.loads((tmp_path / "sweep.json").read_text())["counts"] == {"pending": 50}
+    book.flush()
+    assert json.loads((tmp_path / "sweep.json").read_text())["counts"] == {"done": 50}
+
+
+# ---------------------------------------------------------------------------
+# Ray: one local instance for the module.
+# ---------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray", reason=REASON.format("ray", "ray"))
+    ray.init(num_cpus=2, include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.subprocess
+def test_ray_runs_the_study_records_the_failure_and_resumes(ray_session, tmp_path):
+    study = _study_file(tmp_path)
+    out = run_sweep(str(study), tmp_path / "root", executor="ray", log=lambda s: None)
+    _check_first_run(out)
+    assert ray_session.is_initialized()  # a session it did not start is left running
+    _interrupt_and_resume(study, out, executor="ray")
+
+
+# ---------------------------------------------------------------------------
+# SLURM through submitit: its local executor (one process per job, as sbatch would).
+# ---------------------------------------------------------------------------
+@pytest.mark.subprocess
+def test_slurm_through_submitit_locally_runs_the_study_and_resumes(tmp_path):
+    pytest.importorskip("submitit", reason=REASON.format("submitit", "slurm"))
+    study = _study_file(tmp_path)
+    opts = {"cluster": "local", "time_min": 10}
+    out = run_sweep(str(study), tmp_path / "root", executor="slurm", workers=3,
+                    executor_options=opts, log=lambda s: None)
+    _check_first_run(out)
+    assert (tmp_path / "root" / ".submitit").is_dir()  # submitit's own logs and pickles
+    _interrupt_and_resume(study, out, executor="slurm", workers=3, executor_options=opts)
+
+
+# ---------------------------------------------------------------------------
+# Optuna.
+# ---------------------------------------------------------------------------
+def _search(**optuna):
+    return {"base": "configs/adding.py:smoke", "fixed": {"data.seq_len": 6},
+            "optuna": {"space": {"optim.lr": ("loguniform", 1e-3, 1e-2),
+                                 "model.hidden": ("choice", [4, 8])},
+                       "metric": "eval.mse", **optuna},
+            "metrics": {"eval.mse": "min"}}
+
+
+@pytest.mark.subprocess
+def test_optuna_search_runs_resumes_and_reports(tmp_path):
+    optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))
+    from rnnjax.sweeps.report import report
+
+    desc = _search(n_trials=2, pruner="none")
+    root = tmp_path / "root"
+    study = study_from_dict(desc, name="search")
+    out = run_sweep(study, root, workers=2, log=lambda s: None)
+    assert out["counts"] == {"done": 2} and out["kind"] == "optuna"
+    ostudy = optuna.load_study(study_name="search", storage=f"sqlite:///{root}/optuna.db")
+    assert [t.state.name for t in ostudy.trials] == ["COMPLETE", "COMPLETE"]
+    for t, row in zip(ostudy.trials, out["trials"]):
+        res = json.loads((Path(row["workdir"]) / "results.json").read_text())
+        assert t.value == res["eval"]["mse"]  # told the final eval metric
+        assert row["name"].startswith(f"t{t.number:03d},")
+        cfg = json.loads((Path(row["workdir"]) / "config.json").read_text())
+        assert cfg["optim"]["lr"] == t.params["optim.lr"]
+        assert cfg["model"]["hidden"] == t.params["model.hidden"]
+    # More trials on the same storage: the two done ones stay, one more is asked.
+    study3 = study_from_dict(_search(n_trials=3, pruner="none"), name="search")
+    again = run_sweep(study3, root, workers=2, log=lambda s: None)
+    assert again["counts"] == {"done": 3}
+    assert [r["ran"] for r in again["trials"]] == [False, False, True]
+    rep = report(study3, root, plots=False)
+    assert "Best trials by eval.mse" in rep["markdown"]
+    assert "Parameter importance" in rep["markdown"]
+    assert rep["rows"] and sum(r["done"] for r in rep["rows"]) == 3
+
+
+@pytest.mark.subprocess
+def test_optuna_prunes_a_trial_from_its_logged_eval_metric(tmp_path):
+    optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))
+    # ThresholdPruner(upper=0): any eval MSE prunes at the first report, deterministically.
+    desc = _search(n_trials=1, pruner="threshold", pruner_kwargs={"upper": 0.0})
+    desc["fixed"].update({"train.steps": 3000, "train.eval_every": 2,
+                          "train.checkpoint_every": 1000})
+    root = tmp_path / "root"
+    study = study_from_dict(desc, name="prune")
+    out = run_sweep(study, root, log=lambda s: None, timeout=300)
+    assert out["counts"] == {"pruned": 1}
+    (row,) = out["trials"]
+    assert row["returncode"] == 143  # SIGTERM: the trainer saved and exited
+    ostudy = optuna.load_study(study_name="prune", storage=f"sqlite:///{root}/optuna.db")
+    (t,) = ostudy.trials
+    assert t.state.name == "PRUNED" and 2 in t.intermediate_values
+    wd = Path(row["workdir"])
+    assert trial_status(wd) == "started" and not (wd / "failed.json").exists()
+    assert (wd / "checkpoints").is_dir()  # saved on SIGTERM: it could be resumed
+    # A re-run leaves a pruned trial alone.
+    again = run_sweep(study, root, log=lambda s: None)
+    assert again["counts"] == {"pruned": 1} and again["trials"][0]["ran"] is False
