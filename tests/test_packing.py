@@ -189,8 +189,8 @@ def test_classification_task_packed_loss_equals_padded_loss(tmp_path):
     losses = {}
     evals = {}
     for pack in (False, True):
-        cfg = config("text_classify.py:smoke", f"--config.data.pack={pack}",
-                     "--config.data.imbalance=weight", "--config.model.dropout=0.0")
+        cfg = config("text_classify.py:smoke", f"data.pack={pack}", "data.imbalance=weight",
+                     "model.dropout=0.0")
         task, model = build(cfg)
         model.eval()
         evals[pack] = task.summarize(jax.device_get(jax.tree.map(
