@@ -33,8 +33,12 @@ Where this config differs from the paper, and why:
   (rnnjax/train/optim.py ``nt_asgd``); and evaluation uses the SGD iterate, not the average,
   until the trainer calls ``averaged_params`` (the checkpoint holds the average either way);
 * the word tokenizer drops line breaks, so there is no ``<eos>`` per sentence as in the paper.
-For these reasons the paper's perplexities are not numbers this config has reproduced; no run
-of it on PTB or WikiText-2 has been measured here (no network, 2 CPU cores).
+For these reasons the paper's perplexities are not numbers this config has reproduced.
+
+Expected: not measured. No run of this config on PTB or WikiText-2 has been made here (no
+network, 2 CPU cores); at about 44M parameters (untied output layer), 250,000 steps are far
+beyond a CPU, so a run needs a GPU. The smoke variant trains in seconds and checks the
+pipeline only.
 
 Variants: smoke (a tiny model, a few steps on builtin:sonnets).
 """
