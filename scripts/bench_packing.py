@@ -8,6 +8,7 @@ timed three ways, alternately (A, B, C, A, B, C ...) so machine noise hits all a
 
 * ``padded``: one text per row, padded to the batch's longest rounded up to 32 (the
   classification task's bucketing, ``data.bucket=True``), B texts per batch;
+* ``padded_max_len``: one text per row, padded to ``T = max_len`` (``data.bucket=False``);
 * ``packed``: texts packed by first-fit decreasing into rows of ``T = max_len``
   (``data.pack=True``), with ``segment_ids``, so every segment restarts its carry;
 * ``packed_no_resets``: the same packed rows and per-segment pooling, but without the
@@ -63,19 +64,23 @@ def main(argv=None):
     padded = batching.BatchIterator(
         len(seqs), B, seed=0, lengths=lengths,
         collate=batching.sequence_collate(seqs, {"targets": labels}, max_len=T, multiple_of=32))
+    padded_max = batching.BatchIterator(
+        len(seqs), B, seed=0,
+        collate=batching.sequence_collate(seqs, {"targets": labels}, max_len=T,
+                                          pad_to_max_len=True))
     packed = packing.PackedIterator(seqs, T, B, seed=0, segment_values={"targets": labels})
 
     model = SequenceModel(out_features=2, cell=args.cell, hidden=args.hidden, num_layers=1,
                           bidirectional=False, dropout=0.0, unroll=1, cell_kwargs={},
                           pooling="mean", head_hidden=(), embed_dim=32,
                           freeze_embedding=False, vocab_size=len(vocab), rngs=nnx.Rngs(0))
-    graphdef, params = nnx.split(model)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
 
     def make_step(kind):
         def loss_fn(params, batch):
-            m = nnx.merge(graphdef, params)
-            if kind == "padded":
+            m = nnx.merge(graphdef, params, rest)
+            if kind in ("padded", "padded_max_len"):
                 logits = m(batch["inputs"], batch["lengths"])
                 return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(
                     logits, batch["targets"]))
@@ -108,11 +113,13 @@ def main(argv=None):
 
         return step
 
-    kinds = {"padded": padded, "packed": packed, "packed_no_resets": packed}
+    kinds = {"padded": padded, "padded_max_len": padded_max, "packed": packed,
+             "packed_no_resets": packed}
     steps = {k: make_step(k) for k in kinds}
     state = {k: (params, tx.init(params)) for k in kinds}
     batches = {k: [{n: jnp.asarray(v) for n, v in next(it).items()} for _ in range(8)]
-               for k, it in (("padded", padded), ("packed", packed))}
+               for k, it in (("padded", padded), ("padded_max_len", padded_max),
+                             ("packed", packed))}
     batches["packed_no_resets"] = batches["packed"]
     times = {k: [] for k in kinds}
     real = {k: float(np.mean([float(jnp.sum(b["lengths"])) for b in batches[k]]))
@@ -135,8 +142,9 @@ def main(argv=None):
         med = statistics.median(times[k])
         res[k] = {"median_step_s": med, "real_tokens_per_batch": real[k],
                   "fill": real[k] / cells[k], "real_tokens_per_s": real[k] / med}
-    res["packed_over_padded_tokens_per_s"] = (res["packed"]["real_tokens_per_s"]
-                                              / res["padded"]["real_tokens_per_s"])
+    for k in ("padded", "padded_max_len"):
+        res[f"packed_over_{k}_tokens_per_s"] = (res["packed"]["real_tokens_per_s"]
+                                                / res[k]["real_tokens_per_s"])
     res["reset_overhead"] = (res["packed"]["median_step_s"]
                              / res["packed_no_resets"]["median_step_s"] - 1)
     out = {"args": vars(args), "packing": packed.stats, "results": res,
