@@ -45,6 +45,9 @@ class TaggingTask(Task):
         else:
             raise ValueError(f"unknown data.name {d.name!r} for task tagging; known: "
                              f"{list(SOURCES)}")
+        if d.get("pack", False):
+            raise ValueError(f"data.pack: the {d.name} sequences all have one length, so "
+                             f"packing has nothing to gain; set data.pack=False")
         if d.loss_on not in ("mask", "all"):
             raise ValueError(f"data.loss_on must be 'mask' or 'all', got {d.loss_on!r}")
 
