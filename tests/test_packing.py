@@ -212,3 +212,32 @@ def test_classification_task_packed_loss_equals_padded_loss(tmp_path):
     assert abs(losses[True] - losses[False]) < 1e-5
     assert evals[True]["confusion"] == evals[False]["confusion"]
     assert abs(evals[True]["loss"] - evals[False]["loss"]) < 1e-5
+
+
+def test_lm_packs_lines_and_targets_every_token_after_the_first_newline_once():
+    from _helpers import config
+
+    from rnnjax.tasks.base import get_task
+
+    cfg = config("char_lm.py:smoke", "data.pack=True", "data.seq_len=24")
+    task = get_task("lm")(cfg)
+    it = task.train_iterator(4, 0)
+    ids = task.corpus.train
+    nl = task.vocab.encode(["\n"])[0]
+    first = int(np.flatnonzero(ids == nl)[0])
+    last = int(np.flatnonzero(ids == nl)[-1])
+    assert all(1 <= len(x) <= 24 for x in it.sequences)
+    # In a packed batch, each segment's targets are its inputs shifted by one.
+    seen = 0
+    batch = next(it)
+    for r in range(batch["inputs"].shape[0]):
+        for s in range(batch["segment_mask"].shape[1]):
+            if not batch["segment_mask"][r, s]:
+                continue
+            a, b = batch["segment_starts"][r, s], batch["segment_ends"][r, s] + 1
+            x, y = batch["inputs"][r, a:b], batch["targets"][r, a:b]
+            np.testing.assert_array_equal(x[1:], y[:-1])
+            seen += 1
+    assert seen >= batch["inputs"].shape[0]
+    assert sum(len(x) for x in it.sequences) == last - first  # each target exactly once
+    assert it.stats["fill"] > 0.9
