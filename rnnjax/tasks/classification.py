@@ -101,7 +101,10 @@ class ClassificationTask(Task):
         seqs, labels = self.train_data
         d = self.config.data
         if self._packed():
-            return self._packed_iterator(seqs, labels, batch_size, seed=seed_stream(seed, "train"))
+            # "pad": packing leaves few rows (a small file may hold fewer than a batch); the
+            # padded rows are masked out of the loss by batch_mask.
+            return self._packed_iterator(seqs, labels, batch_size, remainder="pad",
+                                         seed=seed_stream(seed, "train"))
         collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
         lengths = np.minimum([len(s) for s in seqs], d.max_len) if d.bucket else None
         return batching.BatchIterator(len(seqs), batch_size, seed=seed_stream(seed, "train"),
