@@ -19,6 +19,14 @@ segments any row holds (fixed over the data set, so one compiled shape), with
 ``segment_mask`` ``(B, S)`` marking the real ones; per-step values (a tagger's targets)
 are packed like the tokens.
 
+What it buys (``scripts/bench_packing.py``, ``docs/bench/bench_packing_cpu_run{1,2}.json``;
+LSTM 128 classifier, char level, sms_sample x 40, B=32, T=160, the shared 2-core CPU): packed
+rows are 96% real tokens against 25% for padding to ``max_len``, and train 3.7x the real
+tokens/s of it; but length bucketing (77% real, T ~ 48) was faster still, at 1.3-1.5x the
+packed tokens/s, because a step over T=160 costs more per time step than one over T=48 on
+this CPU. The resets themselves cost nothing measurable (-5% and -6%: the packed step was
+not slower than the same rows without resets). Pack where bucketing cannot shorten T.
+
 This module is numpy only: it must never import jax, flax or anything above ``rnnjax.data``.
 Shape letters: ``B`` rows, ``T`` capacity, ``S`` segments per row, ``N`` sequences.
 """
