@@ -305,8 +305,11 @@ def cmd_diagnose(argv):
     print(json.dumps({k: result[k] for k in ("workdir", "checkpoint_step", "loss",
                                              "grad_summary", "gate_saturation",
                                              "spectral_radius")}, indent=2))
-    print(f"wrote {Path(args.workdir) / 'diagnostics.json'} and "
-          f"{Path(args.workdir) / 'plots' / 'grad_flow.png'}", file=sys.stderr)
+    if "written" in result:
+        print(f"wrote {' and '.join(result['written'])}", file=sys.stderr)
+    else:
+        print(f"rnnjax diagnose: could not write the diagnosis into the workdir "
+              f"({result['not_written']}); it is printed above", file=sys.stderr)
 
 
 @command
