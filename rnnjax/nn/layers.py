@@ -207,10 +207,14 @@ class Recurrent(nnx.Module):
             if jax.tree.structure(initial_carry) != want:
                 raise ValueError(f"{where}: initial_carry must have structure {want}, "
                                  f"got {jax.tree.structure(initial_carry)}")
-            for leaf in jax.tree.leaves(initial_carry):
-                if leaf.shape != (B, self.cell.hidden_features):
-                    raise ValueError(f"{where}: initial_carry leaves must be (B, H) = "
-                                     f"({B}, {self.cell.hidden_features}), got {leaf.shape}")
+            # Compare with the cell's own zero carry: matrix-memory cells (mLSTM, Mamba-2,
+            # Gated DeltaNet) carry leaves that are not (B, H).
+            zeros = jax.tree.leaves(jax.eval_shape(lambda: self.cell.initialize_carry((B,))))
+            for leaf, ref in zip(jax.tree.leaves(initial_carry), zeros, strict=True):
+                if leaf.shape != ref.shape:
+                    what = "(B, H)" if len(ref.shape) == 2 else "cell.initialize_carry((B,))"
+                    raise ValueError(f"{where}: initial_carry leaves must be {what} = "
+                                     f"{tuple(ref.shape)}, got {leaf.shape}")
         xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps
         probe = _PROBE.get()
         scan = self.cell.scan_projected if probe is None else partial(probe.scan, self.cell)
