@@ -30,8 +30,9 @@ which says where the finding reproduced at this small scale and where it did not
 
 from rnnjax.configlib import parse_arg
 
-FAMILIES = ["lstm", "gru", "min_gru", "lru", "slstm", "mlstm", "rglru", "mamba2",
-            "gated_deltanet", "attention"]
+# Attention first: the reference point is measured first when a quick sweep is cut short.
+FAMILIES = ["attention", "lstm", "gru", "min_gru", "lru", "slstm", "mlstm", "rglru", "mamba2",
+            "gated_deltanet"]
 
 
 def get_sweep(arg=None):
@@ -50,7 +51,8 @@ def get_sweep(arg=None):
     }
     if arg.quick:
         sweep["base"] = "configs/mqar.py:quick,vocab=256"
-        sweep["grid"] = {":cell": FAMILIES, ":width": [32, 64]}
+        # Width outer, widest first: every family at 64 before any at 32.
+        sweep["grid"] = {":width": [64, 32], ":cell": FAMILIES}
         sweep["seeds"] = [0]
     if arg.smoke:
         sweep["base"] = "configs/mqar.py:smoke"

@@ -41,7 +41,8 @@ def make_encoder(*, arch: str, cell: str, in_features: int, hidden: int, num_lay
         return BlockStack(cell, in_features, hidden, num_layers=num_layers,
                           conv_kernel=conv_kernel, output_gate=output_gate,
                           mlp_expansion=mlp_expansion, num_heads=num_heads, max_len=max_len,
-                          dropout=dropout, unroll=unroll, rngs=rngs, **dict(cell_kwargs))
+                          dropout=dropout, unroll=unroll, cell_kwargs=dict(cell_kwargs),
+                          rngs=rngs)
     raise ValueError(f"unknown model.arch {arch!r}; known: ['rnn', 'blocks']")
 
 

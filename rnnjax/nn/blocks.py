@@ -121,9 +121,10 @@ class RecurrentMixer(nnx.Module):
     """
 
     def __init__(self, cell: str, features: int, *, conv_kernel: int, output_gate: bool,
-                 unroll: int = 1, rngs: nnx.Rngs, **cell_kwargs):
+                 unroll: int = 1, cell_kwargs: dict | None = None, rngs: nnx.Rngs):
         self.conv = CausalConv1d(features, conv_kernel, rngs=rngs) if conv_kernel else None
-        self.rnn = Recurrent(make_cell(cell, features, features, rngs=rngs, **cell_kwargs),
+        self.rnn = Recurrent(make_cell(cell, features, features, rngs=rngs,
+                                       **dict(cell_kwargs or {})),
                              unroll=unroll)
         width = self.rnn.output_features
         self.gate = nnx.Linear(features, width, use_bias=False, rngs=rngs) \
@@ -254,8 +255,8 @@ class Block(nnx.Module):
 
 
 def make_mixer(mixer: str, features: int, *, conv_kernel: int, output_gate: bool,
-               num_heads: int, max_len: int, unroll: int = 1, rngs: nnx.Rngs,
-               **cell_kwargs) -> RecurrentMixer | AttentionMixer:
+               num_heads: int, max_len: int, unroll: int = 1, cell_kwargs: dict | None = None,
+               rngs: nnx.Rngs) -> RecurrentMixer | AttentionMixer:
     """``"attention"`` or a registered cell name -> a mixer of width ``features``."""
     if mixer == ATTENTION:
         if cell_kwargs:
@@ -263,7 +264,7 @@ def make_mixer(mixer: str, features: int, *, conv_kernel: int, output_gate: bool
                              f"{sorted(cell_kwargs)} (model.cell_kwargs)")
         return AttentionMixer(features, num_heads=num_heads, max_len=max_len, rngs=rngs)
     return RecurrentMixer(mixer, features, conv_kernel=conv_kernel, output_gate=output_gate,
-                          unroll=unroll, rngs=rngs, **cell_kwargs)
+                          unroll=unroll, cell_kwargs=cell_kwargs, rngs=rngs)
 
 
 class BlockStack(nnx.Module):
@@ -280,13 +281,14 @@ class BlockStack(nnx.Module):
       num_layers: blocks; conv_kernel: short-conv taps before a recurrent cell (0 = off);
       output_gate: ``y * silu(W_g x)`` after a recurrent cell; mlp_expansion: the gated
       MLP's hidden width over F (0 = no MLP); num_heads, max_len: attention heads and KV
-      cache positions; dropout: on each residual branch; cell_kwargs: the cell's options.
+      cache positions; dropout: on each residual branch; cell_kwargs: the cell's
+      options, a dict (a cell's own ``num_heads`` must not clash with attention's).
     """
 
     def __init__(self, mixer: str, in_features: int, features: int, *, num_layers: int,
                  conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
-                 max_len: int, dropout: float = 0.0, unroll: int = 1, rngs: nnx.Rngs,
-                 **cell_kwargs):
+                 max_len: int, dropout: float = 0.0, unroll: int = 1,
+                 cell_kwargs: dict | None = None, rngs: nnx.Rngs):
         if num_layers < 1:
             raise ValueError(f"BlockStack: num_layers must be >= 1, got {num_layers}")
         if conv_kernel < 0 or conv_kernel == 1:
@@ -299,8 +301,8 @@ class BlockStack(nnx.Module):
             if in_features != features else None
         self.blocks = nnx.List([
             Block(make_mixer(mixer, features, conv_kernel=conv_kernel, output_gate=output_gate,
-                             num_heads=num_heads, max_len=max_len, unroll=unroll, rngs=rngs,
-                             **cell_kwargs),
+                             num_heads=num_heads, max_len=max_len, unroll=unroll,
+                             cell_kwargs=cell_kwargs, rngs=rngs),
                   features, mlp_expansion=mlp_expansion, dropout=dropout, rngs=rngs)
             for _ in range(num_layers)])
         self.norm = RMSNorm(features)
