@@ -7,7 +7,7 @@ Launch:
     rnnjax report experiments/mqar.py:quick
     rnnjax sweep experiments/mqar.py --workers 8             # the full grid, for a GPU
 
-Smoke (CI, seconds): ``rnnjax sweep experiments/mqar.py:smoke``.
+Smoke (CI, seconds): ``rnnjax sweep experiments/mqar.py --smoke``.
 
 Grids:
 
@@ -17,7 +17,7 @@ Grids:
 * quick: T=64, 4 pairs, vocab 256, widths {32, 64}, 2 blocks, 400 steps of batch 32, one
   seed: 20 runs.
 
-PUBLISHED FINDING (Zoology, Fig. 2; Based and GDN papers repeat it): attention solves MQAR
+EXPECTED FINDING (Zoology, Fig. 2; Based and GDN papers repeat it): attention solves MQAR
 at every sequence length, number of pairs and width (its KV cache keeps every pair);
 recurrent mixers have a fixed-size state and need it to grow with the number of key-value
 pairs: gated linear-attention / delta-rule models with matrix states (mLSTM, Gated
