@@ -53,3 +53,23 @@ def test_bad_sizes_say_what_to_change():
         mqar.mqar(np.random.default_rng(0), 1, 63, 4, 8192)
     with pytest.raises(ValueError, match="too few keys"):
         mqar.mqar(np.random.default_rng(0), 1, 64, 4, 8)
+
+
+def test_tagging_task_trains_on_a_fixed_set_and_tests_on_another():
+    from _helpers import config
+
+    from rnnjax.tasks.tagging import TaggingTask
+
+    cfg = config("mqar.py:smoke")  # T=16, 2 pairs, vocabulary 32
+    task = TaggingTask(cfg)
+    it = task.train_iterator(8, seed=0)
+    batches = [next(it) for _ in range(20)]
+    pool = task._pool["inputs"]
+    assert pool.shape == (cfg.data.num_train, 16)
+    for b in batches:  # every train row is a row of the fixed set
+        assert mqar.overlap(pool, b["inputs"]) == len(b["inputs"])
+    test = np.concatenate([b["inputs"] for b in task.eval_batches(5)])
+    assert len(test) == cfg.data.num_test
+    assert mqar.overlap(pool, test) == 0  # no leakage
+    assert task.summarize({"nats": 1.0, "n": 1.0, "correct": 0.0, "seq_ok": 0.0,
+                           "seqs": 1.0})["baseline_loss"] == pytest.approx(np.log(16))
