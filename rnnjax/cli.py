@@ -293,10 +293,34 @@ def _printable(d):
                                  else str(o)))
 
 
+#: ``RNNJAX_MALLOC``: ``tuned`` applies :func:`rnnjax._malloc.tune_malloc` at the start of
+#: :func:`main` (before jax is imported), ``default`` leaves glibc's allocator alone.
+MALLOC_ENV = "RNNJAX_MALLOC"
+MALLOC_DEFAULT = "default"
+#: What :func:`main` did about the allocator (``tune_malloc``'s record, or why nothing).
+MALLOC: dict = {}
+
+
+def _choose_malloc() -> dict:
+    """Applies the allocator that ``RNNJAX_MALLOC`` names (docs/performance.md §3)."""
+    choice = os.environ.get(MALLOC_ENV, "").strip().lower() or MALLOC_DEFAULT
+    if choice not in ("tuned", "default"):
+        raise SystemExit(f"error: {MALLOC_ENV}={choice!r}; use 'tuned' or 'default'")
+    if choice == "default":
+        return {"applied": False, "settings": {}, "reason": f"{MALLOC_ENV}=default"}
+    from rnnjax._malloc import tune_malloc
+
+    return tune_malloc()
+
+
 def main(argv: list[str] | None = None) -> int:
+    # First, before anything imports jax: the allocator must be set before XLA's buffers exist.
+    MALLOC.clear()
+    MALLOC.update(_choose_malloc())
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=os.environ.get("RNNJAX_LOGLEVEL", "WARNING"),
                         format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("rnnjax").info("malloc: %s", MALLOC)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         print("commands:", ", ".join(sorted(COMMANDS)))
