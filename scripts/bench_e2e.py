@@ -210,6 +210,26 @@ def timed_loop(torch, spec, steps, skip, model, opt, draw, loss_of):
             "final_train_loss": loss_value}
 
 
+def torch_char_model(torch, spec, vocab_size):
+    nn = torch.nn
+    Rnn = nn.LSTM if spec["cell"] == "lstm" else nn.GRU
+
+    class CharRNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Embedding(vocab_size, spec["E"])
+            self.rnn = Rnn(spec["E"], spec["H"], spec["layers"], batch_first=True,
+                           dropout=spec["dropout"])
+            self.drop = nn.Dropout(spec["dropout"])
+            self.out = nn.Linear(spec["H"], vocab_size)
+
+        def forward(self, x):
+            y, _ = self.rnn(self.embed(x))
+            return self.out(self.drop(y))
+
+    return CharRNN()
+
+
 def torch_char_lm(torch, spec, steps, skip):
     nn = torch.nn
     text = (ROOT / "rnnjax/data/builtin/sonnets.txt").read_text(encoding="utf-8")
@@ -217,22 +237,7 @@ def torch_char_lm(torch, spec, steps, skip):
     ids = torch.tensor([chars.index(c) for c in text])
     train = ids[: int(len(ids) * 0.9)]
     B, T = spec["B"], spec["T"]
-    Rnn = nn.LSTM if spec["cell"] == "lstm" else nn.GRU
-
-    class CharRNN(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Embedding(len(chars), spec["E"])
-            self.rnn = Rnn(spec["E"], spec["H"], spec["layers"], batch_first=True,
-                           dropout=spec["dropout"])
-            self.drop = nn.Dropout(spec["dropout"])
-            self.out = nn.Linear(spec["H"], len(chars))
-
-        def forward(self, x):
-            y, _ = self.rnn(self.embed(x))
-            return self.out(self.drop(y))
-
-    model = CharRNN()
+    model = torch_char_model(torch, spec, len(chars))
     opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
     offsets = torch.arange(T + 1)
 
@@ -338,6 +343,154 @@ def torch_worker(args) -> None:
 
 
 # ---------------------------------------------------------------------------
+# Where the time goes (--breakdown): one char-LM step taken apart, in one process,
+# the components timed alternately (one call of each per round), medians in ms.
+# ---------------------------------------------------------------------------
+def breakdown(name: str, rounds: int, threads: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+    from flax import nnx
+
+    from rnnjax.configlib import load_config
+    from rnnjax.tasks.base import build
+    from rnnjax.train.optim import make_optimizer
+    from rnnjax.train.state import create_train_state
+    from rnnjax.train.steps import make_train_step
+
+    spec = job_spec(name, ARGS.smoke)
+    if spec["kind"] != "lm":
+        raise SystemExit("--breakdown takes a char-LM job (char_lm or char_lm_gru)")
+    B, T, H = spec["B"], spec["T"], spec["H"]
+    over = [o[len("--config."):] for o in rnnjax_overrides(spec, 1000, 25, None)]
+    config = load_config(spec["config"], over)
+    task, model = build(config, None)
+    model.train()
+    graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    clip_tx, opt_tx = make_optimizer(config.optim, 1000)
+    it = task.train_iterator(B, 0)
+
+    def put(b):
+        return {k: jax.device_put(np.asarray(v)) for k, v in b.items()}
+
+    batch = put(next(it))
+    fresh = lambda t: jax.tree.map(lambda v: v, t)  # noqa: E731 (as rnnjax.train.steps)
+    comps = {}
+
+    # (a) the trainer's jitted step (loss, grads, clip, Adam, the logged norms), donated.
+    st = {"s": create_train_state(params, opt_tx, task.init_task_state(model, B))}
+    step = jax.jit(make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx),
+                   donate_argnums=0)
+    rng = jax.random.PRNGKey(0)
+
+    def full():
+        st["s"], m = step(st["s"], batch, rng)
+        m["loss"].block_until_ready()
+    comps["train_step"] = full
+
+    # (b) loss and gradients only (dropout on): the model's forward + backward.
+    def loss_fn(p):
+        return task.loss(nnx.merge(graphdef, p, fresh(rng_state), consts), batch, {}, True)[0]
+    grad = jax.jit(jax.value_and_grad(loss_fn))
+    comps["loss_and_grads"] = lambda: grad(params)[0].block_until_ready()
+    fwd = jax.jit(loss_fn)
+    comps["loss_forward"] = lambda: fwd(params).block_until_ready()
+
+    # (c) the recurrent stack alone, forward + backward, on the embedded batch.
+    enc_graph, enc_params, enc_rest = nnx.split(model.encoder, nnx.Param, ...)
+    x = jax.random.normal(jax.random.PRNGKey(1), (B, T, spec["E"]))
+    g = jax.random.normal(jax.random.PRNGKey(2), (B, T, H))
+
+    def enc_loss(p, x):
+        return jnp.sum(nnx.merge(enc_graph, p, fresh(enc_rest))(x) * g)
+    enc = jax.jit(jax.value_and_grad(enc_loss, argnums=(0, 1)))
+    comps["recurrent_fwd_bwd"] = lambda: enc(enc_params, x)[0].block_until_ready()
+
+    # (d) the rest of the model: embedding gather/scatter, dropout, output layer, softmax
+    # cross-entropy, forward + backward (the recurrent stack replaced by a fixed input).
+    head_graph, head_params, head_rest = nnx.split(
+        nnx.Dict(embed=model.embed, out=model.out, drop=model.dropout), nnx.Param, ...)
+    ys = jax.random.normal(jax.random.PRNGKey(3), (B, T, H))
+    gx = jax.random.normal(jax.random.PRNGKey(4), (B, T, spec["E"]))
+
+    def head_loss(p):
+        m = nnx.merge(head_graph, p, fresh(head_rest))
+        logits = m["out"](m["drop"](ys))
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        return jnp.mean(nll) + jnp.sum(m["embed"](batch["inputs"]) * gx)
+    head = jax.jit(jax.value_and_grad(head_loss))
+    comps["embed_output_ce_fwd_bwd"] = lambda: head(head_params)[0].block_until_ready()
+
+    # (e) the optimiser alone: clip, Adam, apply, and the norms the step logs.
+    grads = jax.tree.map(jnp.ones_like, params)
+    ost = {"p": jax.tree.map(jnp.copy, params), "o": opt_tx.init(params)}
+
+    def opt_fn(p, o, gr):
+        clipped, _ = clip_tx.update(gr, clip_tx.init(p), p)
+        upd, o = opt_tx.update(clipped, o, p)
+        p = optax.apply_updates(p, upd)
+        fin = jnp.all(jnp.array([jnp.all(jnp.isfinite(a)) for a in jax.tree.leaves(p)]))
+        return p, o, (optax.tree.norm(gr), optax.tree.norm(clipped), optax.tree.norm(upd),
+                      optax.tree.norm(p), fin)
+    opt = jax.jit(opt_fn, donate_argnums=(0, 1))
+
+    def opt_call():
+        ost["p"], ost["o"], n = opt(ost["p"], ost["o"], grads)
+        n[0].block_until_ready()
+    comps["optimizer_and_norms"] = opt_call
+
+    # (f) data: draw a batch on the host and put it on the device.
+    def data():
+        b = put(next(it))
+        b["inputs"].block_until_ready()
+    comps["data_draw_and_put"] = data
+
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:  # the same split of torch's step
+        torch.set_num_threads(threads)
+        torch.manual_seed(0)
+        V = len(task.vocab)
+        tm = torch_char_model(torch, spec, V)
+        topt = torch.optim.Adam(tm.parameters(), lr=spec["lr"])
+        tx = torch.from_numpy(np.array(batch["inputs"])).long()
+        ty = torch.from_numpy(np.array(batch["targets"])).long()
+        tparams = list(tm.parameters())
+
+        def tstep():
+            loss = torch.nn.functional.cross_entropy(tm(tx).reshape(-1, V), ty.reshape(-1))
+            topt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(tparams, spec["clip"])
+            topt.step()
+            loss.item()
+        comps["torch_train_step"] = tstep
+        temb = torch.randn(B, T, spec["E"], requires_grad=True)
+        tg = torch.randn(B, T, H)
+
+        def trnn():
+            y, _ = tm.rnn(temb)
+            (y * tg).sum().backward()
+        comps["torch_recurrent_fwd_bwd"] = trnn
+
+    for fn in comps.values():  # compile and warm up
+        fn()
+        fn()
+    times = {k: [] for k in comps}
+    for _ in range(rounds):
+        for k, fn in comps.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {"job": name, "rounds": rounds,
+            "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
+            "tokens_per_step": B * T}
+
+
+# ---------------------------------------------------------------------------
 # The driver.
 # ---------------------------------------------------------------------------
 def parse_args(argv=None):
@@ -356,6 +509,10 @@ def parse_args(argv=None):
     p.add_argument("--torch-threads", type=int, default=2)
     p.add_argument("--smoke", action="store_true", help="tiny shapes and 8 steps: a smoke run")
     p.add_argument("--out", default="bench_results/bench_e2e.json", help="JSON result path")
+    p.add_argument("--breakdown", default=None, metavar="JOB",
+                   help="time the parts of one char-LM train step (char_lm or char_lm_gru) "
+                        "in this process instead of the end-to-end runs")
+    p.add_argument("--rounds", type=int, default=30, help="--breakdown: timed rounds")
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--skip-steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
@@ -449,5 +606,18 @@ ARGS = parse_args()
 if __name__ == "__main__":
     if ARGS.torch_worker:
         torch_worker(ARGS)
+    elif ARGS.breakdown:
+        if ARGS.mallocs[0] == "tuned":  # before jax is imported
+            from rnnjax._malloc import tune_malloc
+
+            tune_malloc()
+        load0 = os.getloadavg()
+        r = breakdown(ARGS.breakdown, ARGS.rounds, ARGS.torch_threads)
+        r.update(malloc=ARGS.mallocs[0], loadavg_start=load0, loadavg_end=os.getloadavg())
+        for k, v in r["median_ms"].items():
+            log(f"  {k:26s} {v:8.2f} ms")
+        Path(ARGS.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(ARGS.out).write_text(json.dumps(r, indent=1))
+        log(f"load {load0} -> {r['loadavg_end']}; wrote {ARGS.out}")
     else:
         main()
