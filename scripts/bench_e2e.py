@@ -390,22 +390,23 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
     comps["train_step"] = full
 
     # (b) loss and gradients only (dropout on): the model's forward + backward.
-    def loss_fn(p):
-        return task.loss(nnx.merge(graphdef, p, fresh(rng_state), consts), batch, {}, True)[0]
+    # Arrays go in as arguments, never closed over: XLA would fold constants.
+    def loss_fn(p, b):
+        return task.loss(nnx.merge(graphdef, p, fresh(rng_state), consts), b, {}, True)[0]
     grad = jax.jit(jax.value_and_grad(loss_fn))
-    comps["loss_and_grads"] = lambda: grad(params)[0].block_until_ready()
+    comps["loss_and_grads"] = lambda: grad(params, batch)[0].block_until_ready()
     fwd = jax.jit(loss_fn)
-    comps["loss_forward"] = lambda: fwd(params).block_until_ready()
+    comps["loss_forward"] = lambda: fwd(params, batch).block_until_ready()
 
     # (c) the recurrent stack alone, forward + backward, on the embedded batch.
     enc_graph, enc_params, enc_rest = nnx.split(model.encoder, nnx.Param, ...)
     x = jax.random.normal(jax.random.PRNGKey(1), (B, T, spec["E"]))
     g = jax.random.normal(jax.random.PRNGKey(2), (B, T, H))
 
-    def enc_loss(p, x):
+    def enc_loss(p, x, g):
         return jnp.sum(nnx.merge(enc_graph, p, fresh(enc_rest))(x) * g)
     enc = jax.jit(jax.value_and_grad(enc_loss, argnums=(0, 1)))
-    comps["recurrent_fwd_bwd"] = lambda: enc(enc_params, x)[0].block_until_ready()
+    comps["recurrent_fwd_bwd"] = lambda: enc(enc_params, x, g)[0].block_until_ready()
 
     # (d) the rest of the model: embedding gather/scatter, dropout, output layer, softmax
     # cross-entropy, forward + backward (the recurrent stack replaced by a fixed input).
@@ -414,13 +415,14 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
     ys = jax.random.normal(jax.random.PRNGKey(3), (B, T, H))
     gx = jax.random.normal(jax.random.PRNGKey(4), (B, T, spec["E"]))
 
-    def head_loss(p):
+    def head_loss(p, ys, gx, b):
         m = nnx.merge(head_graph, p, fresh(head_rest))
         logits = m["out"](m["drop"](ys))
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
-        return jnp.mean(nll) + jnp.sum(m["embed"](batch["inputs"]) * gx)
-    head = jax.jit(jax.value_and_grad(head_loss))
-    comps["embed_output_ce_fwd_bwd"] = lambda: head(head_params)[0].block_until_ready()
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
+        return jnp.mean(nll) + jnp.sum(m["embed"](b["inputs"]) * gx)
+    head = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
+    comps["embed_output_ce_fwd_bwd"] = lambda: head(head_params, ys, gx, batch)[0] \
+        .block_until_ready()
 
     # (e) the optimiser alone: clip, Adam, apply, and the norms the step logs.
     grads = jax.tree.map(jnp.ones_like, params)

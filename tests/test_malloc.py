@@ -1,9 +1,12 @@
 """``RNNJAX_MALLOC`` is honoured by ``rnnjax.cli.main`` (docs/performance.md §3).
 
-The check is behavioural, not a log line: after ``main(["config", ...])`` the same
-process asks glibc for 64 MiB and reads ``mallinfo2().hblks``, the count of chunks
-served by ``mmap``. glibc's default serves a request that large by ``mmap`` (one more
-chunk); the tuned allocator (``M_MMAP_MAX=0``) serves it from the heap (none).
+The check is behavioural, not a log line: after ``rnnjax config`` (``main()`` reading
+``sys.argv``, as the console script calls it) the same process asks glibc for 64 MiB
+and reads ``mallinfo2().hblks``, the count of chunks served by ``mmap``. glibc's
+default serves a request that large by ``mmap`` (one more chunk); the tuned allocator
+(``M_MMAP_MAX=0``) serves it from the heap (none).
+Unset, the command tunes (measured: docs/performance.md §3); a program calling
+``main(argv)`` in its own process keeps its allocator unless it sets the variable.
 """
 
 import ctypes
@@ -22,7 +25,12 @@ PROBE = r"""
 import ctypes, json, sys
 from rnnjax import cli
 
-rc = cli.main(["config", "--config", "configs/adding.py"])
+args = ["config", "--config", "configs/adding.py"]
+if sys.argv[1] == "command":  # as the console script: main() reads sys.argv
+    sys.argv = ["rnnjax", *args]
+    rc = cli.main()
+else:  # a program that embeds rnnjax
+    rc = cli.main(args)
 libc = ctypes.CDLL("libc.so.6")
 class Mallinfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd",
@@ -54,29 +62,31 @@ pytestmark = [pytest.mark.subprocess,
               pytest.mark.skipif(not _has_mallinfo2(), reason="needs glibc >= 2.33 (mallinfo2)")]
 
 
-def probe(value: str | None) -> tuple[int, dict | None, str]:
+def probe(value: str | None, how: str = "command") -> tuple[int, dict | None, str]:
     env = {k: v for k, v in os.environ.items() if k != "RNNJAX_MALLOC"}
     if value is not None:
         env["RNNJAX_MALLOC"] = value
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", PROBE], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", PROBE, how], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("PROBE ")]
     return proc.returncode, (json.loads(lines[-1][6:]) if lines else None), proc.stderr
 
 
-def test_tuned_keeps_large_blocks_in_the_heap():
-    rc, out, err = probe("tuned")
+@pytest.mark.parametrize("value,how", [("tuned", "command"), (None, "command"),
+                                       ("tuned", "in_process")])
+def test_tuned_keeps_large_blocks_in_the_heap(value, how):
+    # None: the variable unset; the rnnjax command tunes (docs/performance.md §3).
+    rc, out, err = probe(value, how)
     assert rc == 0 and out is not None, err
     assert out["rc"] == 0
     assert out["record"]["applied"] is True
-    assert out["mmapped"] == 0, "RNNJAX_MALLOC=tuned: a 64 MiB malloc was still mmapped"
+    assert out["mmapped"] == 0, f"RNNJAX_MALLOC={value}: a 64 MiB malloc was still mmapped"
 
 
-@pytest.mark.parametrize("value", ["default", None])
-def test_default_leaves_glibc_alone(value):
-    # None: the variable unset, which is rnnjax's choice (measured: docs/performance.md §3).
-    rc, out, err = probe(value)
+@pytest.mark.parametrize("value,how", [("default", "command"), (None, "in_process")])
+def test_default_leaves_glibc_alone(value, how):
+    rc, out, err = probe(value, how)
     assert rc == 0 and out is not None, err
     assert out["record"]["applied"] is False
     assert out["mmapped"] == 1, "glibc's default should mmap a 64 MiB request"
