@@ -16,7 +16,10 @@ every run in a fresh process, and the result is training tokens/s in the steady 
   the same shapes, optimiser (Adam, the config's schedule), clipping, dropout and data
   sizes, run as ``python bench_e2e.py --torch-worker JOB``. Its tokens/s is timed over
   the same steps as rnnjax's rows (the first ``skip_rows * log_every`` steps excluded),
-  including drawing the batch, as in a training loop.
+  including drawing the batch, as in a training loop. The worker runs with
+  ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait``): with OpenMP's default spinning, torch's
+  2-thread step collapsed 20-35x whenever the shared machine was loaded (measured
+  2026-11-29 at load 20: LSTM 256 x 2 fwd+bwd 0.4 s passive or 1 thread, 2-21 s spinning).
 
 Jobs (shapes from the configs; tokens per step = B x T, padding included):
 
@@ -164,8 +167,11 @@ def run_torch(spec, steps, skip_steps, malloc, threads, tmp: Path) -> dict:
             "--torch-threads", str(threads), "--tmp", str(tmp)]
     if ARGS.smoke:
         args.append("--smoke")
+    env = dict(os.environ)
+    if ARGS.omp_wait == "passive":
+        env["OMP_WAIT_POLICY"] = "PASSIVE"
     t0 = time.perf_counter()
-    proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True)
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"torch worker failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -509,6 +515,10 @@ def parse_args(argv=None):
     p.add_argument("--malloc", default="tuned",
                    help="tuned | default, or tuned,default to alternate them (both sides)")
     p.add_argument("--torch-threads", type=int, default=2)
+    p.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
+                   help="torch's OpenMP wait policy: passive (OMP_WAIT_POLICY=PASSIVE, the "
+                        "default here) or OpenMP's own, whose spinning threads made torch's "
+                        "2-thread LSTM step 20-35x slower on a loaded machine (load 20)")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and 8 steps: a smoke run")
     p.add_argument("--out", default="bench_results/bench_e2e.json", help="JSON result path")
     p.add_argument("--breakdown", default=None, metavar="JOB",
