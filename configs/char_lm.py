@@ -36,6 +36,9 @@ def get_config(arg=None):
     c.data.stateful = arg.stateful
     c.data.min_freq = 1
     c.data.max_vocab = 0  # 0 = no limit
+    # Batches of train-text windows also evaluated (eval mode) for train_* metrics and the
+    # train-validation gap; 0 = validation only.
+    c.data.train_eval_batches = 0
 
     c.model.cell = arg.cell
     c.model.hidden = 256

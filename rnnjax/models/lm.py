@@ -20,7 +20,13 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder, encoder_carry, make_encoder
+from rnnjax.models.common import (
+    Embedder,
+    EmbeddingDropout,
+    encoder_carry,
+    make_encoder,
+    segment_resets,
+)
 from rnnjax.nn.types import Array
 
 
@@ -34,16 +40,22 @@ class TokenModel(nnx.Module):
     embedding table, needs ``V_out == V`` and ``D*H == E``); ``arch`` ("rnn" or "blocks":
     residual blocks of ``rnnjax/nn/blocks.py`` with ``cell`` or "attention" as the mixer) and
     the block options ``conv_kernel``, ``output_gate``, ``mlp_expansion``, ``num_heads``,
-    ``max_len`` (unused with "rnn").
+    ``max_len`` (unused with "rnn"); ``embed_dropout`` (whole words dropped,
+    :class:`rnnjax.models.common.EmbeddingDropout`; the tied output layer reads the
+    undropped table, as in AWD-LSTM).
     """
 
     def __init__(self, *, vocab_size: int, embed_dim: int, cell: str, hidden: int,
                  num_layers: int, bidirectional: bool, dropout: float, unroll: int,
                  cell_kwargs: Mapping[str, Any], tie_embeddings: bool, arch: str,
                  conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
-                 max_len: int, out_vocab_size: int | None = None, rngs: nnx.Rngs):
+                 max_len: int, embed_dropout: float, out_vocab_size: int | None = None,
+                 rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
         self.embed = Embedder(vocab_size, embed_dim, rngs=rngs)
+        # None at rate 0, so a model without it has exactly the state it always had.
+        self.embed_drop = (EmbeddingDropout(embed_dropout, vocab_size, rngs=rngs)
+                           if embed_dropout else None)
         self.encoder = make_encoder(
             arch=arch, cell=cell, in_features=embed_dim, hidden=hidden, num_layers=num_layers,
             bidirectional=bidirectional, dropout=dropout, unroll=unroll, cell_kwargs=cell_kwargs,
@@ -62,13 +74,33 @@ class TokenModel(nnx.Module):
     def initialize_carry(self, batch_size: int):
         return encoder_carry(self.encoder, batch_size)
 
-    def __call__(self, tokens: Array, lengths: Array | None = None, carry=None):
-        """``tokens`` ``(B, T)`` -> ``(carries, logits (B, T, V))``."""
+    def __call__(self, tokens: Array, lengths: Array | None = None, carry=None, *,
+                 segment_ids: Array | None = None, return_hidden: bool = False):
+        """``tokens`` ``(B, T)`` -> ``(carries, logits (B, T, V))``.
+
+        ``segment_ids`` ``(B, T)`` int (packed rows, :mod:`rnnjax.data.packing`: 1, 2, ...
+        per segment, 0 on padding): every segment starts from the initial carry, so its
+        outputs are those of the segment run alone. ``return_hidden`` adds a third value
+        ``(h, h_dropped)``, the last layer's outputs ``(B, T, D*H)`` before and after the
+        output dropout, for AR/TAR (:func:`rnnjax.models.common.activation_regularizers`).
+        """
         x = self.embed(tokens)
+        if self.embed_drop is not None:
+            x = self.embed_drop(x, tokens)
+        extra = {}
+        if segment_ids is not None:
+            if not hasattr(self.encoder, "layers"):
+                raise ValueError("data.pack needs model.arch='rnn': residual blocks do not "
+                                 "restart at segment starts")
+            extra["resets"] = segment_resets(segment_ids)
+            if lengths is None:
+                lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
         carries, ys = self.encoder(x, seq_lengths=lengths, initial_carry=carry,
-                                   return_carry=True)
-        ys = self.dropout(ys)
-        logits = self.embed.attend(ys) if self.tie else self.out(ys)
+                                   return_carry=True, **extra)
+        dropped = self.dropout(ys)
+        logits = self.embed.attend(dropped) if self.tie else self.out(dropped)
+        if return_hidden:
+            return carries, logits, (ys, dropped)
         return carries, logits
 
     def step(self, carry, tokens: Array, context=None):

@@ -4,6 +4,11 @@
 Inputs are token ids ``(B, T)`` (with an embedding) or real features
 ``(B, T, E)``; ``lengths`` ``(B,)`` mark right padding. Output ``(B, O)``: class
 logits for a classifier, values for a regressor.
+
+Packed rows (:mod:`rnnjax.data.packing`): with ``segment_ids`` ``(B, T)`` and the
+segments' ``segment_starts``/``segment_ends`` ``(B, S)``, every segment runs from the
+initial carry and is pooled on its own, and the output is ``(B, S, O)``, one row per
+segment (garbage where ``segment_mask`` is False).
 """
 
 from __future__ import annotations
@@ -15,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.models.common import MLP, Embedder, last_valid, make_encoder, pool
+from rnnjax.models.common import MLP, Embedder, last_valid, make_encoder, pool, segment_resets
+from rnnjax.nn import Bidirectional
 from rnnjax.nn.blocks import BlockStack
 from rnnjax.nn.scan import lengths_to_mask
 from rnnjax.nn.types import Array
@@ -60,10 +66,16 @@ class SequenceModel(nnx.Module):
         self.head = MLP(self.encoder.output_features, tuple(head_hidden), out_features,
                         dropout=dropout, rngs=rngs)
 
-    def __call__(self, inputs: Array, lengths: Array | None = None) -> Array:
+    def __call__(self, inputs: Array, lengths: Array | None = None, *,
+                 segment_ids: Array | None = None, segment_starts: Array | None = None,
+                 segment_ends: Array | None = None) -> Array:
         """``inputs`` ``(B, T)`` ids or ``(B, T, E)`` values, ``lengths`` ``(B,)`` or None
-        -> ``(B, O)``."""
+        -> ``(B, O)``; packed (``segment_ids``, ``segment_starts``, ``segment_ends``)
+        -> ``(B, S, O)``."""
         x = self.embed(inputs) if self.embed is not None else inputs
+        if segment_ids is not None:
+            return self.head(self._pool_segments(x, lengths, segment_ids, segment_starts,
+                                                 segment_ends))
         carries, ys = self.encoder(x, seq_lengths=lengths, return_carry=True)
         if lengths is None:
             mask = jnp.ones(x.shape[:2], bool)
@@ -74,3 +86,39 @@ class SequenceModel(nnx.Module):
         else:
             pooled = pool(self.pooling, self.encoder.layers[-1], carries[-1], ys, mask)
         return self.head(pooled)
+
+    def _pool_segments(self, x, lengths, segment_ids, starts, ends) -> Array:
+        """``(B, S, F)``: each packed segment pooled as if it ran alone.
+
+        ``last``: the forward output at the segment's last step (and, bidirectional, the
+        backward output at its first step, where the reverse pass over it ends); ``mean``
+        and ``max`` over the segment's steps.
+        """
+        if isinstance(self.encoder, BlockStack):
+            raise ValueError("data.pack needs model.arch='rnn': residual blocks do not restart "
+                             "at segment starts (their convolution and attention mix segments)")
+        if lengths is None:
+            lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
+        ys = self.encoder(x, seq_lengths=lengths, resets=segment_resets(segment_ids))
+        S = starts.shape[1]
+        if self.pooling == "last":
+            def at(idx):  # (B, S) step indices -> (B, S, F)
+                return jnp.take_along_axis(ys, idx[..., None], axis=1)
+
+            if isinstance(self.encoder.layers[-1], Bidirectional) \
+                    and self.encoder.layers[-1].merge == "concat":
+                H = ys.shape[-1] // 2
+                return jnp.concatenate([at(ends)[..., :H], at(starts)[..., H:]], axis=-1)
+            if isinstance(self.encoder.layers[-1], Bidirectional):
+                raise ValueError("packed 'last' pooling needs merge='concat' for a "
+                                 "bidirectional layer")
+            return at(ends)
+        member = segment_ids[:, None, :] == jnp.arange(1, S + 1)[None, :, None]  # (B, S, T)
+        m = member.astype(ys.dtype)
+        if self.pooling == "mean":
+            return jnp.einsum("bst,btf->bsf", m, ys) / jnp.maximum(
+                jnp.sum(m, axis=-1, keepdims=True), 1.0)
+        if self.pooling == "max":
+            mx = jnp.max(jnp.where(member[..., None], ys[:, None], -jnp.inf), axis=2)
+            return jnp.where(jnp.any(member, axis=-1)[..., None], mx, 0.0)  # no -inf rows
+        raise ValueError(f"unknown model.pooling {self.pooling!r}")

@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from rnnjax.data.streams import seed_stream
+from rnnjax.models.common import activation_regularizers
 
 Batch = dict[str, np.ndarray]
 
@@ -84,6 +85,28 @@ class Task:
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
     mask = mask.astype(values.dtype)
     return jnp.sum(values * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def activation_penalty(model_config, hidden, mask: jax.Array,
+                       segment_ids: jax.Array | None = None) -> tuple[jax.Array, dict]:
+    """``model.ar_alpha * AR + model.tar_beta * TAR`` and the metrics to log (none when off).
+
+    ``hidden`` is ``(h, h_dropped)`` from ``TokenModel(..., return_hidden=True)``; ``mask``
+    ``(B, T)`` the valid steps; ``segment_ids`` ``(B, T)`` (packed rows) keeps TAR from
+    differencing across a segment boundary. Training only: evaluation reports the plain
+    cross-entropy, so regularised and unregularised runs compare on the same metric.
+    """
+    alpha = float(model_config.get("ar_alpha", 0.0))
+    beta = float(model_config.get("tar_beta", 0.0))
+    if not (alpha or beta):
+        return jnp.zeros((), jnp.float32), {}
+    h, h_dropped = hidden
+    mask = mask.astype(bool)
+    pair = mask[:, 1:] & mask[:, :-1]
+    if segment_ids is not None:
+        pair = pair & (segment_ids[:, 1:] == segment_ids[:, :-1])
+    ar, tar = activation_regularizers(h, h_dropped, mask, pair)
+    return alpha * ar + beta * tar, {"ar": ar, "tar": tar}
 
 
 def model_kwargs(model_cls: type, model_config, **given) -> dict[str, Any]:

@@ -6,7 +6,9 @@
   format), tokenised at ``data.level`` (``char`` or ``word``), with a stratified
   train/val split (``data.val_fraction``), ``data.max_len`` truncation, length
   bucketing, ``data.imbalance`` (``oversample`` or ``weight``) and optional GloVe
-  vectors (``model.embedding = "glove"`` with ``data.glove_path``);
+  vectors (``model.embedding = "glove"`` with ``data.glove_path``); ``data.pack``
+  packs the texts into rows of ``data.max_len`` (:mod:`rnnjax.data.packing`, first-fit
+  decreasing) with one label per segment, instead of one padded text per row;
 * ``temporal_order``: Hochreiter & Schmidhuber's task 6a (4 classes);
 * ``parity``: parity of a bit string (``data.min_len`` for variable lengths).
 
@@ -21,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from rnnjax.data import batching, synthetic, text
+from rnnjax.data import batching, packing, synthetic, text
 from rnnjax.data.embeddings import load_glove
 from rnnjax.data.streams import SyntheticIterator, fixed_batches, resolve_path, seed_stream
 from rnnjax.models.sequence import SequenceModel
@@ -98,12 +100,43 @@ class ClassificationTask(Task):
             return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
         seqs, labels = self.train_data
         d = self.config.data
+        if self._packed():
+            # "pad": packing leaves few rows (a small file may hold fewer than a batch); the
+            # padded rows are masked out of the loss by batch_mask.
+            return self._packed_iterator(seqs, labels, batch_size, remainder="pad",
+                                         seed=seed_stream(seed, "train"))
         collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
         lengths = np.minimum([len(s) for s in seqs], d.max_len) if d.bucket else None
         return batching.BatchIterator(len(seqs), batch_size, seed=seed_stream(seed, "train"),
                                       collate=collate,
                                       lengths=lengths, labels=labels,
                                       imbalance=d.imbalance or None)
+
+    def _packed(self) -> bool:
+        if not self.config.data.get("pack", False):
+            return False
+        if self.generate is not None:
+            raise ValueError(f"data.pack needs texts of different lengths (data.name=tsv); "
+                             f"{self.config.data.name} sequences all have one length")
+        return True
+
+    def _packed_iterator(self, seqs, labels, batch_size, **kwargs):
+        d = self.config.data
+        if d.imbalance == "oversample":
+            raise ValueError("data.pack does not oversample; use data.imbalance=weight")
+        seqs = [np.asarray(s[: d.max_len]) for s in seqs]
+        values = {"targets": np.asarray(labels)}
+        if d.imbalance == "weight":
+            w = batching.class_weights(self.train_data[1], self.num_classes)
+            values["example_weights"] = w[np.asarray(labels)].astype(np.float32)
+        # One S for train and eval, so each compiles once per shape.
+        if not hasattr(self, "_max_segments"):
+            self._max_segments = max(
+                packing.packing_stats([len(s) for s in part], packing.first_fit_decreasing(
+                    [min(len(s), d.max_len) for s in part], d.max_len), d.max_len)
+                ["max_segments"] for part in (self.train_data[0], self.val_data[0]))
+        return packing.PackedIterator(seqs, d.max_len, batch_size, segment_values=values,
+                                      max_segments=self._max_segments, **kwargs)
 
     def _pad_options(self):
         # Fixed T = max_len compiles the step once; with bucketing, T rounds up to a
@@ -118,6 +151,9 @@ class ClassificationTask(Task):
             return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
                                  seed=seed_stream(self.config.seed, "eval"))
         seqs, labels = self.val_data
+        if self._packed():
+            return list(self._packed_iterator(seqs, labels, batch_size, shuffle=False,
+                                              num_epochs=1, remainder="pad"))
         collate = batching.sequence_collate(seqs, {"targets": labels}, **self._pad_options())
         return list(batching.BatchIterator(len(seqs), batch_size, shuffle=False, collate=collate,
                                            remainder="pad", num_epochs=1))
@@ -128,24 +164,39 @@ class ClassificationTask(Task):
             SequenceModel, self.config.model, out_features=self.num_classes,
             vocab_size=self.vocab_size, pretrained=self.pretrained, rngs=rngs))
 
-    def loss(self, model, batch, task_state, train):
-        logits = model(batch["inputs"], batch["lengths"])
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    def _logits(self, model, batch):
+        """``(logits (N, C), targets (N,), valid (N,), weights (N,) or None)``: one row per
+        example, padded or packed (then N = B*S segments, ``valid`` = ``segment_mask``)."""
+        valid = batch.get("batch_mask", jnp.ones(batch["inputs"].shape[0], bool))
         w = batch.get("example_weights")
-        loss = jnp.mean(nll) if w is None else jnp.sum(nll * w) / jnp.sum(w)
-        acc = jnp.mean(jnp.argmax(logits, -1) == batch["targets"])
+        if "segment_ids" not in batch:
+            return model(batch["inputs"], batch["lengths"]), batch["targets"], valid, w
+        logits = model(batch["inputs"], batch["lengths"], segment_ids=batch["segment_ids"],
+                       segment_starts=batch["segment_starts"], segment_ends=batch["segment_ends"])
+        valid = batch["segment_mask"] & valid[:, None]
+        C = logits.shape[-1]
+        return (logits.reshape(-1, C), batch["targets"].reshape(-1), valid.reshape(-1),
+                None if w is None else w.reshape(-1))
+
+    def loss(self, model, batch, task_state, train):
+        logits, targets, valid, w = self._logits(model, batch)
+        nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
+        w = valid.astype(nll.dtype) if w is None else w * valid
+        loss = jnp.sum(jnp.where(valid, nll, 0.0) * w) / jnp.maximum(jnp.sum(w), 1e-9)
+        acc = jnp.sum((jnp.argmax(logits, -1) == targets) * valid) / jnp.maximum(
+            jnp.sum(valid), 1)
         return loss, ({"accuracy": acc}, task_state)
 
     def eval_sums(self, model, batch):
-        logits = model(batch["inputs"], batch["lengths"])
-        valid = batch.get("batch_mask", jnp.ones(logits.shape[0], bool))
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+        logits, targets, valid, _ = self._logits(model, batch)
+        nll = jnp.where(valid, optax.softmax_cross_entropy_with_integer_labels(logits, targets),
+                        0.0)
         pred = jnp.argmax(logits, -1)
         C = self.num_classes
-        onehot_t = (batch["targets"][:, None] == jnp.arange(C)) & valid[:, None]
+        onehot_t = (targets[:, None] == jnp.arange(C)) & valid[:, None]
         onehot_p = pred[:, None] == jnp.arange(C)
         confusion = onehot_t.astype(jnp.int32).T @ onehot_p.astype(jnp.int32)  # (true, pred)
-        return {"confusion": confusion, "nll": jnp.sum(nll * valid)}
+        return {"confusion": confusion, "nll": jnp.sum(nll)}
 
     def summarize(self, sums):
         return classification_metrics(np.asarray(sums["confusion"]), float(sums["nll"]),

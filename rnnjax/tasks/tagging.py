@@ -28,7 +28,7 @@ import numpy as np
 from rnnjax.data import mqar, synthetic
 from rnnjax.data.streams import SyntheticIterator, fixed_batches, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
-from rnnjax.tasks.base import Task, model_kwargs
+from rnnjax.tasks.base import Task, activation_penalty, model_kwargs
 
 SOURCES = ("copy", "selective_copy", "mqar")
 
@@ -59,6 +59,9 @@ class TaggingTask(Task):
         # Chance on a recall token: the alphabet, or for MQAR the values (half the vocabulary).
         self.baseline_loss = math.log(d.vocab_size // 2 if d.name == "mqar"
                                       else d.alphabet_size)
+        if d.get("pack", False):
+            raise ValueError(f"data.pack: the {d.name} sequences all have one length, so "
+                             f"packing has nothing to gain; set data.pack=False")
         if d.loss_on not in ("mask", "all"):
             raise ValueError(f"data.loss_on must be 'mask' or 'all', got {d.loss_on!r}")
 
@@ -94,13 +97,16 @@ class TaggingTask(Task):
                                          vocab_size=self.vocab_size, rngs=rngs))
 
     def loss(self, model, batch, task_state, train):
-        _, logits = model(batch["inputs"])
+        _, logits, hidden = model(batch["inputs"], return_hidden=True)
         mask = batch["loss_mask"] if self.config.data.loss_on == "mask" else \
             jnp.ones_like(batch["loss_mask"])
         nats, n = token_cross_entropy(logits, batch["targets"], mask)
         correct = (jnp.argmax(logits, -1) == batch["targets"]) * batch["loss_mask"]
         acc = jnp.sum(correct) / jnp.sum(batch["loss_mask"])
-        return nats / n, ({"token_accuracy": acc}, task_state)
+        # AR/TAR over every step (the hidden states run over the whole sequence).
+        penalty, metrics = activation_penalty(self.config.model, hidden,
+                                              jnp.ones(batch["inputs"].shape, bool))
+        return nats / n + penalty, ({"token_accuracy": acc, **metrics}, task_state)
 
     def eval_sums(self, model, batch):
         _, logits = model(batch["inputs"])
