@@ -14,6 +14,9 @@ import math
 
 import ml_collections
 
+#: model.arch values: the make_rnn stack or the residual blocks of rnnjax/nn/blocks.py.
+ARCHS = ("rnn", "blocks")
+
 
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
@@ -27,7 +30,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.pack = False
 
     m = c.model = ml_collections.ConfigDict()
-    m.cell = "lstm"  # lstm | gru | rnn_tanh | rnn_relu | min_gru | min_lstm
+    # lstm | gru | rnn_tanh | rnn_relu | min_gru | min_lstm | lru | slstm | mlstm | rglru |
+    # mamba2 | gated_deltanet (rnnjax.nn.known_cells()); with arch="blocks" also "attention"
+    m.cell = "lstm"
     m.hidden = 128  # H per direction
     m.num_layers = 1
     m.bidirectional = False
@@ -41,6 +46,16 @@ def base_config() -> ml_collections.ConfigDict:
     m.head_hidden = ()  # MLP head hidden sizes
     m.freeze_embedding = False
     m.tie_embeddings = False  # LM: output layer shares the embedding table
+    # "rnn": embedding -> make_rnn stack (the classic models). "blocks": pre-norm residual
+    # blocks (rnnjax/nn/blocks.py), x + mixer(norm(x)) then x + mlp(norm(x)), where the
+    # mixer is model.cell run as a recurrent layer, or "attention"; hidden is the residual
+    # width. LM/tagger and classifier/regressor; seq2seq keeps "rnn".
+    m.arch = "rnn"
+    m.conv_kernel = 4  # blocks: short causal depthwise conv before the cell (0 = off), as Mamba
+    m.output_gate = True  # blocks: cell output * silu(W_g x), as Mamba, Griffin, GDN
+    m.mlp_expansion = 2.0  # blocks: SwiGLU hidden width / hidden (0 = no MLP)
+    m.num_heads = 4  # blocks with cell="attention": heads (hidden / num_heads even, RoPE)
+    m.max_len = 1024  # blocks with attention: KV-cache positions for decoding (prompt + output)
     # LM/tagger: drop whole words (rows of the embedding table, one mask per batch, kept rows
     # scaled by 1/(1-p); Merity et al. 2017). AWD-LSTM uses 0.1.
     m.embed_dropout = 0.0
@@ -115,6 +130,9 @@ _BOUNDS: tuple[tuple[str, float, str], ...] = (
     ("model.num_layers", 1, "the number of recurrent layers"),
     ("model.embed_dim", 1, "the embedding size"),
     ("model.unroll", 1, "the lax.scan unroll factor"),
+    ("model.conv_kernel", 0, "the short-conv taps (0 = off)"),
+    ("model.num_heads", 1, "the attention heads"),
+    ("model.max_len", 1, "the KV-cache length"),
     ("optim.warmup_steps", 0, "the warmup steps"),
     ("optim.decay_steps", 1, "steps per exponential decay"),
     ("data.seq_len", 1, "the sequence length"),
@@ -150,6 +168,10 @@ def validate(config) -> None:
         if value < low:
             raise ValueError(f"{key}={value}: {what} must be >= {low}; set --config.{key}=N "
                              f"with N >= {low}")
+    arch = _get(config, "model.arch")
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"model.arch={arch!r}: known architectures {list(ARCHS)}; set "
+                         f"--config.model.arch=blocks or rnn")
     for key in ("model.dropout", "model.embed_dropout"):
         rate = _get(config, key)
         if rate is not None and not 0.0 <= float(rate) < 1.0:

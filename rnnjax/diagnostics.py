@@ -44,11 +44,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from rnnjax.inference import load_for_inference
 from rnnjax.nn.cell import RecurrentCell
 from rnnjax.nn.layers import Probe, probing
 from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array
 from rnnjax.train.hooks import Hook
+from rnnjax.train.workdir import Workdir
 
 SIGMOID_LOW, SIGMOID_HIGH = 0.05, 0.95
 TANH_LIMIT = 0.95
@@ -306,10 +308,13 @@ def plot_grad_flow(result: dict, path: str | Path, title: str = "") -> Path:
 
 def diagnose_workdir(workdir: str | Path, *, which: str = "best",
                      batch_size: int | None = None) -> dict[str, Any]:
-    """Loads a trained workdir, diagnoses one eval batch, writes json and plot."""
-    from rnnjax.inference import load_for_inference  # the CLI's entry
+    """Loads a trained workdir, diagnoses one eval batch, writes json and plot.
 
-    workdir = Path(workdir)
+    The result's ``written`` lists the files written; a workdir that cannot be written
+    (read-only) still gets its diagnosis, and ``not_written`` says what and why.
+    """
+    wd = Workdir(workdir)
+    workdir = wd.path
     config, task, model, step = load_for_inference(workdir, which)
     batches = task.eval_batches(config.train.eval_batch_size)
     if not batches:
@@ -324,9 +329,14 @@ def diagnose_workdir(workdir: str | Path, *, which: str = "best",
     result = diagnose(model, task_loss_fn(task, batch))
     result = {"workdir": str(workdir), "checkpoint_step": step, "batch_size": B,
               "cell": config.model.cell, **result}
-    (workdir / "diagnostics.json").write_text(json.dumps(result, indent=2))
-    plot_grad_flow(result, workdir / "plots" / "grad_flow.png",
-                   title=f"{workdir.name}: {config.model.cell}, step {step}")
+    json_path, plot_path = wd.file(Workdir.DIAGNOSTICS), wd.plots_dir / "grad_flow.png"
+    try:
+        json_path.write_text(json.dumps(result, indent=2))
+        plot_grad_flow(result, plot_path,
+                       title=f"{workdir.name}: {config.model.cell}, step {step}")
+        result["written"] = [str(json_path), str(plot_path)]
+    except OSError as e:
+        result["not_written"] = f"{e.filename or workdir}: {e.strerror or e}"
     return result
 
 

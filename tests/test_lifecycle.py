@@ -347,3 +347,21 @@ def test_a_class_missing_from_validation_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="rnnjax"):
         _check_classes([0, 1, 2, 0], [0, 1], ["a", "b", "c"], "x.tsv")
     assert "no example of class(es) ['c']" in caplog.text
+
+
+# 10. diagnose on a workdir that cannot be written: the diagnosis, and what was not written.
+def test_diagnose_on_a_read_only_workdir_reports_instead_of_crashing(tmp_path, monkeypatch):
+    from rnnjax.diagnostics import diagnose_workdir
+
+    train(config("adding.py:smoke,T=6"), tmp_path)
+    real = Path.write_text
+
+    def refuse(self, *a, **k):
+        if self.parent == tmp_path:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(Path, "write_text", refuse)
+    result = diagnose_workdir(tmp_path, which="latest")
+    assert result["grad_summary"] and "Permission denied" in result["not_written"]
+    assert not (tmp_path / "diagnostics.json").exists()

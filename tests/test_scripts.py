@@ -66,3 +66,16 @@ def test_bench_cells_quick(tmp_path):
     for case in r["cases"]:
         assert set(case["results"]) == impls
         assert all(res["tokens_per_s"] > 0 for res in case["results"].values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="bench_e2e compares against torch (pip install torch==2.13.0)")
+def test_bench_e2e_smoke(tmp_path):
+    r = run_script("bench_e2e", "--smoke", "--repeats", "1", "--jobs", "char_lm,classify,adding",
+                   tmp_path=tmp_path)
+    assert [row["job"] for row in r["results"]] == ["char_lm", "classify", "adding"]
+    for row in r["results"]:
+        assert set(row["runs"]) == {"rnnjax/default", "torch/default"}
+        for runs in row["runs"].values():
+            assert all(run["tokens_per_s"] > 0 and run["steady_steps"] > 0 for run in runs)
+        assert math.isfinite(row["ratio"]["default"]["of_medians"])

@@ -339,10 +339,14 @@ def test_every_model_is_built_from_explicit_keyword_arguments():
 
     rnn = dict(cell="gru", hidden=6, num_layers=1, bidirectional=False, dropout=0.0, unroll=1,
                cell_kwargs={})
+    # The residual-block options (config.model.arch and its keys); "rnn" leaves them unused.
+    blocks = dict(arch="rnn", conv_kernel=4, output_gate=True, mlp_expansion=2.0, num_heads=2,
+                  max_len=16)
     plain = {
-        SequenceModel: dict(rnn, out_features=3, vocab_size=7, embed_dim=4,
+        SequenceModel: dict(rnn, **blocks, out_features=3, vocab_size=7, embed_dim=4,
                             freeze_embedding=False, pooling="mean", head_hidden=(5,)),
-        TokenModel: dict(rnn, vocab_size=7, embed_dim=4, tie_embeddings=False, embed_dropout=0.0),
+        TokenModel: dict(rnn, **blocks, vocab_size=7, embed_dim=4, tie_embeddings=False,
+                         embed_dropout=0.0),
         Seq2Seq: dict(rnn, src_vocab_size=7, tgt_vocab_size=7, embed_dim=4, decoder_layers=0,
                       decoder_hidden=0, share_embeddings=True, bridge="project",
                       attention="luong_dot", attention_features=0, input_feeding=False),

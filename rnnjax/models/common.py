@@ -16,8 +16,50 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.nn import Bidirectional
+from rnnjax.nn import Bidirectional, make_rnn
+from rnnjax.nn.blocks import BlockStack
 from rnnjax.nn.types import Array
+
+
+def make_encoder(*, arch: str, cell: str, in_features: int, hidden: int, num_layers: int,
+                 bidirectional: bool, dropout: float, unroll: int, cell_kwargs,
+                 conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
+                 max_len: int, rngs: nnx.Rngs):
+    """The sequence encoder ``config.model.arch`` names: a ``make_rnn`` stack ("rnn") or a
+    :class:`~rnnjax.nn.blocks.BlockStack` ("blocks", causal, so never bidirectional).
+    Both take ``(x, seq_lengths=, initial_carry=, return_carry=)`` and return
+    ``(carries, ys)``, with ``initialize_carry`` per layer (see ``encoder_carry``)."""
+    if arch == "rnn":
+        if cell == "attention":
+            raise ValueError("model.cell='attention' needs model.arch='blocks'")
+        return make_rnn(cell, in_features, hidden, num_layers=num_layers,
+                        bidirectional=bidirectional, dropout=dropout, unroll=unroll, rngs=rngs,
+                        **dict(cell_kwargs))
+    if arch == "blocks":
+        if bidirectional:
+            raise ValueError("model.arch='blocks' is causal; set model.bidirectional=False")
+        return BlockStack(cell, in_features, hidden, num_layers=num_layers,
+                          conv_kernel=conv_kernel, output_gate=output_gate,
+                          mlp_expansion=mlp_expansion, num_heads=num_heads, max_len=max_len,
+                          dropout=dropout, unroll=unroll, cell_kwargs=dict(cell_kwargs),
+                          rngs=rngs)
+    raise ValueError(f"unknown model.arch {arch!r}; known: ['rnn', 'blocks']")
+
+
+def encoder_carry(encoder, batch_size: int):
+    """The zero carry of an encoder from :func:`make_encoder`: one entry per layer."""
+    if isinstance(encoder, BlockStack):
+        return encoder.initialize_carry(batch_size)
+    return [layer.initialize_carry(batch_size) if hasattr(layer, "initialize_carry")
+            else (layer.forward.initialize_carry(batch_size),
+                  layer.backward.initialize_carry(batch_size))
+            for layer in encoder.layers]
+
+
+def last_valid(ys: Array, mask: Array) -> Array:
+    """``ys`` ``(B, T, F)`` -> ``(B, F)`` at each row's last valid step (right padding)."""
+    last = jnp.maximum(jnp.sum(mask, axis=1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(ys, last[:, None, None], axis=1)[:, 0]
 
 
 class Constant(nnx.Variable):

@@ -20,8 +20,13 @@ from typing import Any
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder, EmbeddingDropout, segment_resets
-from rnnjax.nn import make_rnn
+from rnnjax.models.common import (
+    Embedder,
+    EmbeddingDropout,
+    encoder_carry,
+    make_encoder,
+    segment_resets,
+)
 from rnnjax.nn.types import Array
 
 
@@ -32,23 +37,30 @@ class TokenModel(nnx.Module):
     ``embed_dim`` E; the recurrent stack's ``cell``, ``hidden`` H, ``num_layers`` L,
     ``bidirectional``, ``dropout`` (between layers and before the output layer), ``unroll``,
     ``cell_kwargs`` (the cell's own options); ``tie_embeddings`` (output layer = the
-    embedding table, needs ``V_out == V`` and ``D*H == E``); ``embed_dropout`` (whole words
-    dropped, :class:`rnnjax.models.common.EmbeddingDropout`; the tied output layer reads the
+    embedding table, needs ``V_out == V`` and ``D*H == E``); ``arch`` ("rnn" or "blocks":
+    residual blocks of ``rnnjax/nn/blocks.py`` with ``cell`` or "attention" as the mixer) and
+    the block options ``conv_kernel``, ``output_gate``, ``mlp_expansion``, ``num_heads``,
+    ``max_len`` (unused with "rnn"); ``embed_dropout`` (whole words dropped,
+    :class:`rnnjax.models.common.EmbeddingDropout`; the tied output layer reads the
     undropped table, as in AWD-LSTM).
     """
 
     def __init__(self, *, vocab_size: int, embed_dim: int, cell: str, hidden: int,
                  num_layers: int, bidirectional: bool, dropout: float, unroll: int,
-                 cell_kwargs: Mapping[str, Any], tie_embeddings: bool, embed_dropout: float,
-                 out_vocab_size: int | None = None, rngs: nnx.Rngs):
+                 cell_kwargs: Mapping[str, Any], tie_embeddings: bool, arch: str,
+                 conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
+                 max_len: int, embed_dropout: float, out_vocab_size: int | None = None,
+                 rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
         self.embed = Embedder(vocab_size, embed_dim, rngs=rngs)
         # None at rate 0, so a model without it has exactly the state it always had.
         self.embed_drop = (EmbeddingDropout(embed_dropout, vocab_size, rngs=rngs)
                            if embed_dropout else None)
-        self.encoder = make_rnn(cell, embed_dim, hidden, num_layers=num_layers,
-                                bidirectional=bidirectional, dropout=dropout, unroll=unroll,
-                                rngs=rngs, **dict(cell_kwargs))
+        self.encoder = make_encoder(
+            arch=arch, cell=cell, in_features=embed_dim, hidden=hidden, num_layers=num_layers,
+            bidirectional=bidirectional, dropout=dropout, unroll=unroll, cell_kwargs=cell_kwargs,
+            conv_kernel=conv_kernel, output_gate=output_gate, mlp_expansion=mlp_expansion,
+            num_heads=num_heads, max_len=max_len, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.tie = bool(tie_embeddings)
         if self.tie:
@@ -60,10 +72,7 @@ class TokenModel(nnx.Module):
             self.out = nnx.Linear(self.encoder.output_features, out_vocab_size, rngs=rngs)
 
     def initialize_carry(self, batch_size: int):
-        return [layer.initialize_carry(batch_size) if hasattr(layer, "initialize_carry")
-                else (layer.forward.initialize_carry(batch_size),
-                      layer.backward.initialize_carry(batch_size))
-                for layer in self.encoder.layers]
+        return encoder_carry(self.encoder, batch_size)
 
     def __call__(self, tokens: Array, lengths: Array | None = None, carry=None, *,
                  segment_ids: Array | None = None, return_hidden: bool = False):
@@ -80,6 +89,9 @@ class TokenModel(nnx.Module):
             x = self.embed_drop(x, tokens)
         extra = {}
         if segment_ids is not None:
+            if not hasattr(self.encoder, "layers"):
+                raise ValueError("data.pack needs model.arch='rnn': residual blocks do not "
+                                 "restart at segment starts")
             extra["resets"] = segment_resets(segment_ids)
             if lengths is None:
                 lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)

@@ -20,8 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.models.common import MLP, Embedder, pool, segment_resets
-from rnnjax.nn import Bidirectional, make_rnn
+from rnnjax.models.common import MLP, Embedder, last_valid, make_encoder, pool, segment_resets
+from rnnjax.nn import Bidirectional
+from rnnjax.nn.blocks import BlockStack
 from rnnjax.nn.scan import lengths_to_mask
 from rnnjax.nn.types import Array
 
@@ -33,13 +34,16 @@ class SequenceModel(nnx.Module):
     (``rnnjax/config_schema.py`` comments them): ``embed_dim`` and ``freeze_embedding``
     (token inputs only); the recurrent stack's ``cell``, ``hidden``, ``num_layers``,
     ``bidirectional``, ``dropout``, ``unroll``, ``cell_kwargs``; ``pooling`` (last | mean |
-    max) and ``head_hidden`` (the MLP head's hidden sizes; ``dropout`` applies there too).
+    max) and ``head_hidden`` (the MLP head's hidden sizes; ``dropout`` applies there too);
+    ``arch`` ("rnn" or "blocks") and the block options ``conv_kernel``, ``output_gate``,
+    ``mlp_expansion``, ``num_heads``, ``max_len`` (see :class:`rnnjax.models.lm.TokenModel`).
     """
 
     def __init__(self, *, out_features: int, cell: str, hidden: int, num_layers: int,
                  bidirectional: bool, dropout: float, unroll: int, cell_kwargs: Mapping[str, Any],
                  pooling: str, head_hidden: Sequence[int], embed_dim: int,
-                 freeze_embedding: bool, vocab_size: int | None = None,
+                 freeze_embedding: bool, arch: str, conv_kernel: int, output_gate: bool,
+                 mlp_expansion: float, num_heads: int, max_len: int, vocab_size: int | None = None,
                  in_features: int | None = None, pretrained: np.ndarray | None = None,
                  rngs: nnx.Rngs):
         """Give ``vocab_size`` for token inputs, else ``in_features`` (``embed_dim`` and
@@ -53,9 +57,11 @@ class SequenceModel(nnx.Module):
             in_features = embed_dim
         else:
             self.embed = None
-        self.encoder = make_rnn(cell, in_features, hidden, num_layers=num_layers,
-                                bidirectional=bidirectional, dropout=dropout, unroll=unroll,
-                                rngs=rngs, **dict(cell_kwargs))
+        self.encoder = make_encoder(
+            arch=arch, cell=cell, in_features=in_features, hidden=hidden, num_layers=num_layers,
+            bidirectional=bidirectional, dropout=dropout, unroll=unroll, cell_kwargs=cell_kwargs,
+            conv_kernel=conv_kernel, output_gate=output_gate, mlp_expansion=mlp_expansion,
+            num_heads=num_heads, max_len=max_len, rngs=rngs)
         self.pooling = pooling
         self.head = MLP(self.encoder.output_features, tuple(head_hidden), out_features,
                         dropout=dropout, rngs=rngs)
@@ -75,7 +81,10 @@ class SequenceModel(nnx.Module):
             mask = jnp.ones(x.shape[:2], bool)
         else:
             mask = lengths_to_mask(lengths, x.shape[1])
-        pooled = pool(self.pooling, self.encoder.layers[-1], carries[-1], ys, mask)
+        if isinstance(self.encoder, BlockStack) and self.pooling == "last":
+            pooled = last_valid(ys, mask)  # a block's carry is a memory, not an output
+        else:
+            pooled = pool(self.pooling, self.encoder.layers[-1], carries[-1], ys, mask)
         return self.head(pooled)
 
     def _pool_segments(self, x, lengths, segment_ids, starts, ends) -> Array:
@@ -85,6 +94,9 @@ class SequenceModel(nnx.Module):
         backward output at its first step, where the reverse pass over it ends); ``mean``
         and ``max`` over the segment's steps.
         """
+        if isinstance(self.encoder, BlockStack):
+            raise ValueError("data.pack needs model.arch='rnn': residual blocks do not restart "
+                             "at segment starts (their convolution and attention mix segments)")
         if lengths is None:
             lengths = jnp.sum(segment_ids > 0, axis=1).astype(jnp.int32)
         ys = self.encoder(x, seq_lengths=lengths, resets=segment_resets(segment_ids))

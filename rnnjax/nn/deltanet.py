@@ -273,9 +273,14 @@ class GatedDeltaNetCell(RecurrentCell):
         y = self._flat(o)
         return GDNState(y.astype(carry.h.dtype), S.astype(carry.S.dtype)), y.astype(xp_t.dtype)
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """The sequence form chosen by ``scan_mode`` over ``xp`` ``(T, B, P)``; same contract
         as :meth:`RecurrentCell.scan_projected`."""
+        if resets is not None:
+            # Packed segments run on the step loop (RecurrentCell.scan_projected), which
+            # restarts the carry at each segment start; the chunked form has no reset yet.
+            return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll,
+                                          resets=resets)
         q, k, v, g, beta = self._split(xp)
         S0 = carry.S.astype(q.dtype)
         if self.scan_mode == "chunked":

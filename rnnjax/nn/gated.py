@@ -57,6 +57,36 @@ def per_gate(init: Initializer, num_gates: int) -> Initializer:
     return wrapped
 
 
+def head_mask(rows: int, num_gates: int, hidden: int, num_heads: int) -> Array:
+    """``(rows, G*H)`` bool: True where a recurrent weight links a head to itself.
+
+    Row r belongs to head ``r // (rows/N)``; column c (gate ``c // H``) to head
+    ``(c % H) // (H/N)``.
+    """
+    head_of_row = jnp.arange(rows) // (rows // num_heads)
+    head_of_col = (jnp.arange(num_gates * hidden) % hidden) // (hidden // num_heads)
+    return head_of_row[:, None] == head_of_col[None, :]
+
+
+def block_diagonal(init: Initializer, num_gates: int, num_heads: int) -> Initializer:
+    """Initialises each head's ``(rows/N, H/N)`` block of every gate on its own (``init``,
+    e.g. orthogonal), zeros elsewhere: a block-diagonal recurrent matrix per gate."""
+
+    def wrapped(key, shape, dtype=jnp.float32):
+        rows, gh = shape
+        H = gh // num_gates
+        hr, hc = rows // num_heads, H // num_heads
+        keys = jax.random.split(key, num_gates * num_heads)
+        w = jnp.zeros(shape, dtype)
+        for g in range(num_gates):
+            for i in range(num_heads):
+                block = init(keys[g * num_heads + i], (hr, hc), dtype)
+                w = w.at[i * hr:(i + 1) * hr, g * H + i * hc:g * H + (i + 1) * hc].set(block)
+        return w
+
+    return wrapped
+
+
 class GatedCell(RecurrentCell):
     """A cell with PyTorch's ``w_ih``, ``w_hh``, ``b_ih``, ``b_hh`` (see the module docstring).
 
@@ -69,6 +99,13 @@ class GatedCell(RecurrentCell):
       impl: ``"auto"`` (fused custom-VJP paths where they apply), ``"fused"`` (insist)
         or ``"scan"`` (plain autodiff: ``project_inputs`` is a plain matmul and the
         time loop a :func:`masked_scan`, so forward-mode autodiff works).
+      num_heads: N. With N > 1 the recurrence is multi-head, as sLSTM's: every gate's
+        recurrent matrix is block-diagonal, N blocks of ``(H/N, H/N)`` (each initialised
+        on its own), so head i's next state reads only head i's state; the input
+        projection stays dense. ``w_hh`` keeps its ``(H, G*H)`` layout and is used
+        through a constant block mask (its off-block entries get no gradient), so every
+        path, the fused loops included, runs unchanged; the matmul costs what a dense
+        one does. N = 1 is the classic cell.
       kernel_init, recurrent_kernel_init, bias_init: initialisers of ``w_ih``, each
         ``(H, H)`` gate block of ``w_hh``, and both biases.
       dtype, param_dtype: as :class:`RecurrentCell`.
@@ -84,6 +121,7 @@ class GatedCell(RecurrentCell):
         hidden_features: int,
         *,
         impl: str = "auto",
+        num_heads: int = 1,
         kernel_init: Initializer = default_kernel_init,
         recurrent_kernel_init: Initializer = default_recurrent_init,
         bias_init: Initializer = default_bias_init,
@@ -93,15 +131,30 @@ class GatedCell(RecurrentCell):
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         self.impl = check_impl(type(self).__name__, impl, unfusable=self._unfusable())
+        if num_heads < 1 or hidden_features % num_heads:
+            raise ValueError(f"{type(self).__name__}: num_heads={num_heads} must be >= 1 and "
+                             f"divide hidden_features={hidden_features}")
+        self.num_heads = num_heads
         gh = self.num_gates * hidden_features
         self.w_ih = nnx.Param(kernel_init(rngs.params(), (in_features, gh), param_dtype))
-        self.w_hh = nnx.Param(
-            per_gate(recurrent_kernel_init, self.num_gates)(
-                rngs.params(), (hidden_features, gh), param_dtype
-            )
-        )
+        recurrent_init = per_gate(recurrent_kernel_init, self.num_gates) if num_heads == 1 \
+            else block_diagonal(recurrent_kernel_init, self.num_gates, num_heads)
+        self.w_hh = nnx.Param(recurrent_init(rngs.params(), (self._recurrent_rows(), gh),
+                                             param_dtype))
         self.b_ih = nnx.Param(bias_init(rngs.params(), (gh,), param_dtype))
         self.b_hh = nnx.Param(bias_init(rngs.params(), (gh,), param_dtype))
+
+    def _recurrent_rows(self) -> int:
+        """Rows of ``w_hh``: the width of the state the recurrence reads (H; LSTMP's P)."""
+        return self.hidden_features
+
+    def _p(self, name: str) -> Array:
+        # The multi-head recurrence is w_hh through its block mask, wherever it is read.
+        w = super()._p(name)
+        if name == "w_hh" and self.num_heads > 1:
+            w = w * head_mask(w.shape[0], self.num_gates, self.hidden_features,
+                              self.num_heads).astype(w.dtype)
+        return w
 
     def _unfusable(self) -> str | None:
         """Why the fused paths cannot apply to this cell (None: they can)."""
@@ -143,6 +196,6 @@ class GatedCell(RecurrentCell):
 
     def recurrent_matrices(self) -> dict[str, Array]:
         """The ``(H, H)`` gate blocks of ``w_hh``, named by ``gate_names``."""
-        w, H = self.w_hh[...], self.hidden_features
+        w, H = self._p("w_hh"), self.hidden_features
         names = self.gate_names or tuple(f"block{k}" for k in range(self.num_gates))
         return {name: w[:, k * H : (k + 1) * H] for k, name in enumerate(names)}

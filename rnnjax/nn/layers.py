@@ -237,13 +237,13 @@ class Recurrent(nnx.Module):
             if jax.tree.structure(initial_carry) != want:
                 raise ValueError(f"{where}: initial_carry must have structure {want}, "
                                  f"got {jax.tree.structure(initial_carry)}")
-            # Shapes from the cell's own zero carry: not every leaf is (B, H) (the LSTMP's
-            # h is (B, P)).
-            zero = self.cell.initialize_carry((B,))
-            for leaf, ref in zip(jax.tree.leaves(initial_carry), jax.tree.leaves(zero)):
+            # Compare with the cell's own zero carry: not every leaf is (B, H) (the LSTMP's
+            # h is (B, P); mLSTM, Mamba-2 and Gated DeltaNet carry matrix memories).
+            zeros = jax.tree.leaves(jax.eval_shape(lambda: self.cell.initialize_carry((B,))))
+            for leaf, ref in zip(jax.tree.leaves(initial_carry), zeros, strict=True):
                 if leaf.shape != ref.shape:
-                    want = ("(B, H) = " if ref.shape == (B, self.cell.hidden_features)
-                            else "") + str(tuple(ref.shape))
+                    want = ("(B, H) = " if tuple(ref.shape) == (B, self.cell.hidden_features)
+                            else "cell.initialize_carry((B,)) = ") + str(tuple(ref.shape))
                     raise ValueError(f"{where}: initial_carry leaves must be {want}, got "
                                      f"{leaf.shape}")
         xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps

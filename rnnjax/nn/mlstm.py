@@ -373,7 +373,7 @@ class MLSTMCell(RecurrentCell):
 
         return MLSTMState(z(self.hidden_features), z(N, D, D), z(N, D), z(N))
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """The time loop over ``xp`` ``(T, B, 4H + 2N)``, by ``impl``; same contract as
         :meth:`RecurrentCell.scan_projected` (masked steps keep the carry, ``ys`` zero there).
 
@@ -381,6 +381,11 @@ class MLSTMCell(RecurrentCell):
         are identity steps here, so each row starts at its own last valid step, whatever
         the mask's pattern.
         """
+        if resets is not None:
+            # Packed segments run on the step loop (RecurrentCell.scan_projected), which
+            # restarts the carry at each segment start; the chunked form has no reset yet.
+            return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll,
+                                          resets=resets)
         if self.impl == "recurrent":
             return masked_scan(self.step_projected, carry, xp, mask, reverse=reverse,
                                unroll=unroll)

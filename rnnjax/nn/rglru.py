@@ -279,13 +279,13 @@ class RGLRUCell(RecurrentCell):
         h = (a * carry.h.astype(a.dtype) + b)
         return RGLRUState(h.astype(carry.h.dtype)), h.astype(xp_t.dtype)
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """:func:`linear_scan` over ``xp`` ``(T, B, H)`` (``scan_mode``); same contract as
         :meth:`RecurrentCell.scan_projected`. The state is the output, so the final carry
         is ``h`` at each row's last valid step, as the scan returns it."""
         a, b = self._coefficients(xp)
         h_last, hs = linear_scan(a, b, carry.h.astype(a.dtype), mask, reverse=reverse,
-                                 mode=self.scan_mode, unroll=unroll)
+                                 mode=self.scan_mode, unroll=unroll, resets=resets)
         return RGLRUState(h_last.astype(carry.h.dtype)), hs.astype(xp.dtype)
 
     def initialize_carry(self, batch_shape, dtype=None):

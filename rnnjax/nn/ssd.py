@@ -302,9 +302,14 @@ class SSDCell(RecurrentCell):
         y = self._out(y, x, D)
         return SSDState(y.astype(carry.h.dtype), s.astype(carry.s.dtype)), y.astype(xp_t.dtype)
 
-    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1):
+    def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """The sequence form chosen by ``scan_mode`` over ``xp`` ``(T, B, P)``; same contract
         as :meth:`RecurrentCell.scan_projected`."""
+        if resets is not None:
+            # Packed segments run on the step loop (RecurrentCell.scan_projected), which
+            # restarts the carry at each segment start; the chunked form has no reset yet.
+            return super().scan_projected(carry, xp, mask, reverse=reverse, unroll=unroll,
+                                          resets=resets)
         x, dt, A, Bm, Cm, D = self._split(xp)
         s0 = carry.s.astype(x.dtype)
         if self.scan_mode == "chunked":

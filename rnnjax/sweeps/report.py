@@ -36,6 +36,7 @@ import numpy as np
 
 from rnnjax.sweeps.search import search_report, search_trials
 from rnnjax.sweeps.study import (
+    SWEEP_FILE,
     Study,
     Trial,
     expand,
@@ -325,7 +326,7 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
     if not root.is_dir():
         raise FileNotFoundError(f"sweep root {str(root)!r} does not exist; run the study first "
                                 f"(`rnnjax sweep {study.path or study.name}`) or pass --root")
-    ran = root / "sweep.json"
+    ran = root / SWEEP_FILE
     if ran.exists():
         try:
             ran_arg = json.loads(ran.read_text()).get("arg")

@@ -33,7 +33,15 @@ from typing import Any
 
 from rnnjax.sweeps.executors import EXECUTORS, Executor, Job, Monitor, Outcome, get_executor
 from rnnjax.sweeps.search import OptunaSource
-from rnnjax.sweeps.study import VMAP_KEYS, Study, Trial, expand, format_cli_value, load_study
+from rnnjax.sweeps.study import (
+    SWEEP_FILE,
+    VMAP_KEYS,
+    Study,
+    Trial,
+    expand,
+    format_cli_value,
+    load_study,
+)
 from rnnjax.train.workdir import Workdir
 
 
@@ -64,7 +72,7 @@ class _Book:
 
     def __init__(self, study: Study, root: Path, trials: list[Trial], *, kind: str = "fixed",
                  min_interval: float = 2.0):
-        self.path = root / "sweep.json"
+        self.path = root / SWEEP_FILE
         self.lock = threading.Lock()
         self.min_interval = min_interval
         self.head = {"study": study.name, "study_file": str(study.path) if study.path else None,

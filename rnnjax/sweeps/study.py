@@ -56,6 +56,8 @@ from rnnjax.configlib import import_file, resolve_config_path, split_spec
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
 METRIC_AGGS = ("max", "min", "mean", "last", "first")
 SEED_KEY = "seed"
+#: The sweep root's table of trials (one per root; the runner rewrites it as statuses change).
+SWEEP_FILE = "sweep.json"
 #: Keys a vmapped group may differ in (rnnjax.train.trainer.MEMBER_KEYS).
 VMAP_KEYS = ("seed", "optim.lr")
 _STUDY_KEYS = ("base", "grid", "random", "trials", "optuna", "fixed", "seeds", "metrics",

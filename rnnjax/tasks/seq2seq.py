@@ -286,6 +286,10 @@ class Seq2SeqTask(Task):
 
     # model and objective --------------------------------------------------------
     def build_model(self, rngs):
+        if self.config.model.get("arch", "rnn") != "rnn":
+            # Not yet: the block decoder would need cross-attention to the encoder.
+            raise ValueError(f"task seq2seq supports model.arch='rnn' only, got "
+                             f"{self.config.model.arch!r}")
         return Seq2Seq(**model_kwargs(Seq2Seq, self.config.model, src_vocab_size=self.vocab_size,
                                       tgt_vocab_size=self.vocab_size, rngs=rngs))
 

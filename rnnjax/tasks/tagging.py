@@ -5,12 +5,17 @@
 * ``copy``: the copy task (Arjovsky et al. 2016): ``data.num_symbols`` symbols,
   ``data.delay`` blanks, then recall;
 * ``selective_copy``: selective copying (Gu & Dao 2023; Feng et al. 2024):
-  ``data.num_tokens`` data tokens scattered among ``data.seq_len`` noise steps.
+  ``data.num_tokens`` data tokens scattered among ``data.seq_len`` noise steps;
+* ``mqar``: multi-query associative recall (Arora et al. 2023, :mod:`rnnjax.data.mqar`):
+  ``data.num_pairs`` key-value pairs then their queries in ``data.seq_len`` steps over
+  ``data.vocab_size`` tokens; a fixed train set of ``data.num_train`` examples (batches are
+  drawn from it with replacement) and a test set of ``data.num_test`` from another seed.
 
 The loss is cross-entropy on the recall positions (``data.loss_on = "mask"``)
 or on every position (``"all"``, Arjovsky's reporting). Metrics: loss, token
 accuracy on the recall positions, and the fraction of sequences recalled
-exactly. The memoryless baseline is ``log(alphabet_size)`` nats per recall token.
+exactly. The memoryless baseline is ``log(alphabet_size)`` nats per recall token
+(``log(vocab_size / 2)`` for MQAR, whose values are half the vocabulary).
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ from __future__ import annotations
 import math
 
 import jax.numpy as jnp
+import numpy as np
 
-from rnnjax.data import synthetic
+from rnnjax.data import mqar, synthetic
 from rnnjax.data.streams import SyntheticIterator, fixed_batches, seed_stream
 from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import Task, activation_penalty, model_kwargs
 
-SOURCES = ("copy", "selective_copy")
+SOURCES = ("copy", "selective_copy", "mqar")
 
 
 class TaggingTask(Task):
@@ -42,9 +48,17 @@ class TaggingTask(Task):
             self.generate = lambda rng, b: synthetic.selective_copy_task(
                 rng, b, d.seq_len, d.num_tokens, d.alphabet_size)
             self.vocab_size = synthetic.selective_copy_vocab_size(d.alphabet_size)
+        elif d.name == "mqar":
+            mqar.check_sizes(d.seq_len, d.num_pairs, d.vocab_size)
+            self.vocab_size = d.vocab_size
+            self.generate = self._mqar_train
+            self._pool = None
         else:
             raise ValueError(f"unknown data.name {d.name!r} for task tagging; known: "
                              f"{list(SOURCES)}")
+        # Chance on a recall token: the alphabet, or for MQAR the values (half the vocabulary).
+        self.baseline_loss = math.log(d.vocab_size // 2 if d.name == "mqar"
+                                      else d.alphabet_size)
         if d.get("pack", False):
             raise ValueError(f"data.pack: the {d.name} sequences all have one length, so "
                              f"packing has nothing to gain; set data.pack=False")
@@ -54,7 +68,27 @@ class TaggingTask(Task):
     def train_iterator(self, batch_size, seed):
         return SyntheticIterator(self.generate, batch_size, seed_stream(seed, "train"))
 
+    def _mqar(self, rng, n):
+        d = self.config.data
+        return mqar.mqar(rng, n, d.seq_len, d.num_pairs, d.vocab_size, power_a=d.power_a)
+
+    def _mqar_train(self, rng, batch_size):
+        # Zoology trains on a fixed set of examples (num_train), not on fresh draws; it is made
+        # once, from the run's own seed stream, and batches draw rows from it.
+        if self._pool is None:
+            self._pool = self._mqar(np.random.default_rng(seed_stream(self.config.seed,
+                                                                      "train")),
+                                    self.config.data.num_train)
+        rows = rng.integers(0, self.config.data.num_train, size=batch_size)
+        return {k: v[rows] for k, v in self._pool.items()}
+
     def eval_batches(self, batch_size):
+        if self.config.data.name == "mqar":
+            test = self._mqar(np.random.default_rng(seed_stream(self.config.seed, "eval")),
+                              self.config.data.num_test)
+            n = self.config.data.num_test
+            return [{k: v[i:i + batch_size] for k, v in test.items()}
+                    for i in range(0, n, batch_size)]
         return fixed_batches(self.generate, batch_size, self.config.train.eval_batches,
                              seed=seed_stream(self.config.seed, "eval"))
 
@@ -87,7 +121,7 @@ class TaggingTask(Task):
         n = float(sums["n"])
         return {"loss": float(sums["nats"]) / n, "token_accuracy": float(sums["correct"]) / n,
                 "sequence_accuracy": float(sums["seq_ok"]) / float(sums["seqs"]),
-                "baseline_loss": math.log(self.config.data.alphabet_size)}
+                "baseline_loss": self.baseline_loss}
 
 
 TASK = TaggingTask
