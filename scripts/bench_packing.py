@@ -40,6 +40,10 @@ from rnnjax.data import batching, packing, text
 from rnnjax.data.streams import resolve_path
 from rnnjax.models.sequence import SequenceModel
 
+#: The model keys of ``model.arch="blocks"``, at values that the "rnn" stack ignores.
+RNN_ARCH = dict(arch="rnn", conv_kernel=0, output_gate=False, mlp_expansion=0.0, num_heads=1,
+                max_len=1)
+
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -73,7 +77,8 @@ def main(argv=None):
     model = SequenceModel(out_features=2, cell=args.cell, hidden=args.hidden, num_layers=1,
                           bidirectional=False, dropout=0.0, unroll=1, cell_kwargs={},
                           pooling="mean", head_hidden=(), embed_dim=32,
-                          freeze_embedding=False, vocab_size=len(vocab), rngs=nnx.Rngs(0))
+                          freeze_embedding=False, vocab_size=len(vocab), rngs=nnx.Rngs(0),
+                          **RNN_ARCH)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     tx = optax.adam(1e-3)
 

@@ -17,6 +17,9 @@ from rnnjax.data.packing import PackedIterator, first_fit_decreasing, pack_rows,
 from rnnjax.nn import Recurrent
 
 HAS_RESETS = "resets" in inspect.signature(Recurrent.__call__).parameters
+#: The model keys of ``model.arch="blocks"``, at values that the "rnn" stack ignores.
+RNN_ARCH = dict(arch="rnn", conv_kernel=0, output_gate=False, mlp_expansion=0.0, num_heads=1,
+                max_len=1)
 needs_resets = pytest.mark.skipif(not HAS_RESETS, reason="the layers take no resets yet "
                                   "(lstm-variants branch not merged)")
 
@@ -136,6 +139,7 @@ def test_token_model_packed_equals_segments_run_apart(cell, impl):
     model = TokenModel(vocab_size=9, embed_dim=4, cell=cell, hidden=5, num_layers=2,
                        bidirectional=False, dropout=0.0, unroll=1,
                        cell_kwargs={"impl": impl}, tie_embeddings=False, embed_dropout=0.0,
+                       **RNN_ARCH,
                        rngs=nnx.Rngs(0))
     model.eval()
     _, logits = model(jnp.asarray(batch["inputs"]), segment_ids=jnp.asarray(batch["segment_ids"]))
@@ -168,6 +172,7 @@ def test_sequence_model_packed_pools_each_segment_alone(pooling, bidirectional):
     model = SequenceModel(out_features=3, cell="lstm", hidden=5, num_layers=2,
                           bidirectional=bidirectional, dropout=0.0, unroll=1, cell_kwargs={},
                           pooling=pooling, head_hidden=(), embed_dim=4, freeze_embedding=False,
+                          **RNN_ARCH,
                           vocab_size=9, rngs=nnx.Rngs(0))
     model.eval()
     packed = model(b["inputs"], b["lengths"], segment_ids=b["segment_ids"],

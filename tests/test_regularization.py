@@ -15,12 +15,17 @@ from rnnjax.models.common import EmbeddingDropout, activation_regularizers
 from rnnjax.models.lm import TokenModel, token_cross_entropy
 from rnnjax.tasks.base import activation_penalty
 
+#: The model keys of ``model.arch="blocks"``, at values that the "rnn" stack ignores.
+RNN_ARCH = dict(arch="rnn", conv_kernel=0, output_gate=False, mlp_expansion=0.0, num_heads=1,
+                max_len=1)
+
 
 def _model(embed_dropout=0.0, dropout=0.0, V=11, seed=0, **kw):
     return TokenModel(vocab_size=V, embed_dim=6, cell="lstm", hidden=5, num_layers=2,
                       bidirectional=False, dropout=dropout, unroll=1,
                       cell_kwargs=kw.pop("cell_kwargs", {"impl": "scan"}), tie_embeddings=False,
                       embed_dropout=embed_dropout, rngs=nnx.Rngs(params=seed, dropout=seed + 1),
+                      **RNN_ARCH,
                       **kw)
 
 
