@@ -41,7 +41,7 @@ the two allocators on the rnnjax side alone (the allocator decision, docs/perfor
 
 Usage::
 
-    python scripts/bench_e2e.py --repeats 3                    # all jobs (~25 min on 2 cores)
+    python scripts/bench_e2e.py --repeats 2                    # all jobs (~15 min, loaded 2 cores)
     python scripts/bench_e2e.py --jobs char_lm --sides rnnjax --malloc tuned,default
     python scripts/bench_e2e.py --smoke                        # tiny shapes, a few steps
 """
