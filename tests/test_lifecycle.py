@@ -365,3 +365,18 @@ def test_diagnose_on_a_read_only_workdir_reports_instead_of_crashing(tmp_path, m
     result = diagnose_workdir(tmp_path, which="latest")
     assert result["grad_summary"] and "Permission denied" in result["not_written"]
     assert not (tmp_path / "diagnostics.json").exists()
+
+
+def test_a_run_recorded_before_new_config_keys_still_loads_and_reports(tmp_path):
+    """config.json of an older rnnjax lacks keys added since (with defaults that keep the
+    old behaviour): eval, sample and a re-run of the finished run still work."""
+    from rnnjax.inference import run_eval
+
+    first = train(config("adding.py:smoke"), tmp_path)
+    recorded = json.loads((tmp_path / "config.json").read_text())
+    for key in ("arch", "embed_dropout", "ar_alpha", "conv_kernel"):
+        recorded["model"].pop(key, None)
+    recorded["train"].pop("prefetch", None)
+    (tmp_path / "config.json").write_text(json.dumps(recorded))
+    assert run_eval(tmp_path, "latest")["mse"] == pytest.approx(first["mse"], rel=1e-6)
+    assert train(config("adding.py:smoke"), tmp_path)["mse"] == pytest.approx(first["mse"])

@@ -35,6 +35,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from rnnjax.config_schema import base_config
 from rnnjax.train.checkpoint import Checkpointer, CheckpointError
 from rnnjax.train.optim import make_optimizer
 from rnnjax.train.state import create_train_state
@@ -60,6 +61,17 @@ def atomic_write_text(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def _fill_defaults(recorded: dict, defaults: dict) -> dict:
+    """``recorded`` with every key of ``defaults`` it lacks, recursively."""
+    out = dict(recorded)
+    for k, v in defaults.items():
+        if k not in out:
+            out[k] = copy.deepcopy(v)
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            out[k] = _fill_defaults(out[k], v)
+    return out
 
 
 def config_json(config) -> dict:
@@ -188,7 +200,7 @@ class Workdir:
             self.check_config(config)
         except ValueError:
             return False
-        return json.loads(self.config_path.read_text()) == config_json(config)
+        return self._recorded_config() == config_json(config)
 
     # the config ---------------------------------------------------------------------
     def has_config(self) -> bool:
@@ -200,13 +212,20 @@ class Workdir:
             raise CheckpointError(
                 f"{self.path} has no {self.CONFIG}: it is not an rnnjax workdir (train one "
                 f"with `rnnjax train --config ... --workdir {self.path}`)")
-        return ml_collections.ConfigDict(json.loads(self.config_path.read_text()))
+        return ml_collections.ConfigDict(self._recorded_config())
+
+    def _recorded_config(self) -> dict:
+        """``config.json`` with the schema's defaults for keys it lacks: a run recorded before
+        a key was added to :func:`rnnjax.config_schema.base_config` (whose default keeps the
+        old behaviour) still loads and resumes."""
+        return _fill_defaults(json.loads(self.config_path.read_text()),
+                              config_json(base_config()))
 
     def check_config(self, config) -> None:
         """A workdir belongs to one config; only ``train.steps`` may differ on resume."""
         if not self.config_path.exists():
             return
-        old, new = json.loads(self.config_path.read_text()), config_json(config)
+        old, new = self._recorded_config(), config_json(config)
         a, b = copy.deepcopy(old), copy.deepcopy(new)
         for d in (a, b):
             d.get("train", {}).pop("steps", None)
