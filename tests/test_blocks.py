@@ -37,7 +37,7 @@ def block_kwargs(cell, **over):
     kw = dict(arch="blocks", cell=cell, hidden=8, num_layers=2, embed_dim=8,
               bidirectional=False, dropout=0.0, unroll=1, cell_kwargs={},
               tie_embeddings=False, conv_kernel=3, output_gate=True, mlp_expansion=2.0,
-              num_heads=2, max_len=16)
+              num_heads=2, max_len=16, embed_dropout=0.0)
     cell_kwargs = {"mlstm": {"num_heads": 2}}.get(cell, {})
     kw["cell_kwargs"] = cell_kwargs
     kw.update(over)
@@ -158,7 +158,7 @@ def test_attention_matches_numpy_softmax():
 
 def test_classifier_with_blocks_pools_last_valid_step():
     kw = block_kwargs("gru")
-    kw = {k: v for k, v in kw.items() if k != "tie_embeddings"}
+    kw = {k: v for k, v in kw.items() if k not in ("tie_embeddings", "embed_dropout")}
     model = SequenceModel(out_features=2, pooling="last", head_hidden=(),
                           freeze_embedding=False, vocab_size=V, rngs=nnx.Rngs(0), **kw)
     tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, V)
