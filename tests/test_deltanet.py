@@ -19,7 +19,7 @@ from jax.test_util import check_grads
 from rnnjax.configlib import load_config
 from rnnjax.diagnostics import diagnose, hidden_grads
 from rnnjax.nn import make_cell, make_rnn
-from rnnjax.nn.deltanet import gdn_chunked, gdn_sequential, l2_normalize
+from rnnjax.nn.deltanet import gdn_chunked, gdn_sequential, l2_normalize, unit_lower_solve
 from rnnjax.train.trainer import train_and_evaluate
 
 B, NH, DK, DV = 2, 2, 4, 3
@@ -269,3 +269,24 @@ def test_cell_matches_float64_transcription():
     err = np.max(np.abs(np.asarray(ys) - o.reshape(CT, CB, CH)))
     print(f"GatedDeltaNetCell vs float64 transcription: {err:.2e}")
     assert err < 1e-5
+
+
+def test_unit_lower_solve_matches_numpy_and_is_pure_xla(x64):
+    """The chunk's (I + A) X = b solve against numpy's dense solve in float64, forward and
+    reverse mode agreeing, and no LAPACK custom call in a train step's program: jaxlib's
+    batched trsm deadlocked XLA's 2-thread CPU pool (the MQAR hang, docs/performance.md)."""
+    ks = jax.random.split(jax.random.key(3), 2)
+    A = jnp.tril(jax.random.normal(ks[0], (2, 3, 6, 6), jnp.float64), -1) * 0.5
+    b = jax.random.normal(ks[1], (2, 3, 6, 4), jnp.float64)
+    want = np.linalg.solve(np.eye(6) + np.asarray(A), np.asarray(b))
+    np.testing.assert_allclose(unit_lower_solve(A, b), want, rtol=1e-12, atol=1e-12)
+    check_grads(lambda a, y: unit_lower_solve(jnp.tril(a, -1), y), (A, b), order=1,
+                modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
+
+    q, k, v, g, beta, S0 = inputs(10)
+
+    def loss(q, k, v, g, beta):
+        return jnp.sum(gdn_chunked(q, k, v, g, beta, S0, chunk_size=4)[1] ** 2)
+
+    hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3, 4))).lower(q, k, v, g, beta).as_text()
+    assert "custom_call" not in hlo and "trsm" not in hlo

@@ -66,7 +66,7 @@ from rnnjax.nn.ssd import dt_bias_init, last_valid
 from rnnjax.nn.types import Array
 
 __all__ = ["GDNState", "GatedDeltaNetCell", "gdn_chunked", "gdn_sequential", "gdn_step",
-           "l2_normalize"]
+           "l2_normalize", "unit_lower_solve"]
 
 
 def l2_normalize(x: Array, eps: float = 1e-6) -> Array:
@@ -116,6 +116,44 @@ def gdn_sequential(q, k, v, g, beta, S0, mask=None, *, reverse=False, unroll=1):
     return _finish(o, S, v, mask, reverse)
 
 
+def _forward_substitution(A: Array, b: Array) -> Array:
+    """``X`` with ``(I + A) X = b``, ``A (..., C, C)`` strictly lower triangular, ``b (..., C, D)``:
+    one row per step, ``x_i = b_i - Σ_{j<i} A_ij x_j`` (rows ``>= i`` of ``X`` are still zero)."""
+    def row(i, X):
+        a_i = jax.lax.dynamic_index_in_dim(A, i, axis=-2, keepdims=False)
+        b_i = jax.lax.dynamic_index_in_dim(b, i, axis=-2, keepdims=False)
+        x_i = b_i - jnp.einsum("...s,...sd->...d", a_i, X)
+        return jax.lax.dynamic_update_index_in_dim(X, x_i, i, axis=-2)
+
+    return jax.lax.fori_loop(0, A.shape[-1], row, jnp.zeros_like(b))
+
+
+def unit_lower_solve(A: Array, b: Array) -> Array:
+    """Solves ``(I + A) X = b`` for a strictly lower-triangular ``A (..., C, C)``.
+
+    Not ``jax.lax.linalg.triangular_solve``: on CPU that is jaxlib's LAPACK custom call,
+    which splits its batch over XLA's intra-op thread pool and waits for the pieces; when
+    XLA runs two such solves at once (the forward and a transposed one in a train step)
+    on a pool of two threads, each waits for work only the other's thread could run, and
+    the step hangs at 0% CPU (seen on this 2-core machine at the MQAR shape B=32, T=64,
+    width 64; docs/performance.md). Plain forward substitution is pure XLA on every
+    backend. ``lax.custom_linear_solve`` differentiates it implicitly (forward and reverse
+    mode, no per-row residuals): the transposed solve ``(I + Aᵀ) Y = c`` is the same
+    substitution with both axes of ``A`` and the rows of ``c`` reversed.
+    """
+    def matvec(x):  # only A's strict lower part is read, as by the solves
+        return x + jnp.einsum("...ts,...sd->...td", jnp.tril(A, -1), x)
+
+    def solve(_, rhs):
+        return _forward_substitution(A, rhs)
+
+    def transpose_solve(_, rhs):
+        flipped = jnp.flip(jnp.swapaxes(A, -1, -2), (-2, -1))
+        return jnp.flip(_forward_substitution(flipped, jnp.flip(rhs, -2)), -2)
+
+    return jax.lax.custom_linear_solve(matvec, b, solve, transpose_solve)
+
+
 def gdn_chunked(q, k, v, g, beta, S0, mask=None, *, chunk_size=64, reverse=False):
     """The chunked (WY / UT-transform) form, see the module docstring. Any ``T``.
 
@@ -146,12 +184,9 @@ def gdn_chunked(q, k, v, g, beta, S0, mask=None, *, chunk_size=64, reverse=False
 
     kk = jnp.einsum("...tk,...sk->...ts", k, k)
     A = jnp.where(strict, beta[..., :, None] * gamma_ts * kk, 0.0)
-    eye = jnp.eye(c, dtype=A.dtype)
     rhs = jnp.concatenate([beta[..., None] * v_,
                            (beta * jnp.exp(cs))[..., None] * k], axis=-1)
-    # (I + A) X = rhs, I + A unit lower triangular: forward substitution.
-    X = jax.lax.linalg.triangular_solve(eye + A, rhs, left_side=True, lower=True,
-                                        unit_diagonal=True)
+    X = unit_lower_solve(A, rhs)
     dv = v_.shape[-1]
     U, W = X[..., :dv], X[..., dv:]  # (nc, B, Nh, C, Dv), (nc, B, Nh, C, Dk)
     to_end = gamma_ts[..., -1, :]  # Γ_Cs: (nc, B, Nh, C)
