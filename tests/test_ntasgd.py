@@ -109,6 +109,33 @@ def test_eval_monitor_follows_merity_rule(seed):
     assert got == want, (values, nonmono)
 
 
+def test_an_observed_trigger_averages_from_the_next_update_on():
+    """observe_metric fires between updates: the weights just evaluated are not averaged,
+    the first averaged iterate is the next update's result (Merity et al. evaluate, switch
+    to ASGD, then average the steps that follow), as for a trigger inside an update."""
+    A, targets = _problem(3)
+    A = A / 4
+    tx = nt_asgd(LR, nonmono=1, monitor="eval")
+    params = {"w": jnp.zeros(5, jnp.float32)}
+    state = tx.init(params)
+    upd = jax.jit(tx.update)
+    iterates = []
+    for k in range(12):
+        if k == 5:
+            for v in (2.0, 3.0, 2.5):  # the third log is above min(logs[:-1]) = 2.0
+                state = observe_metric(state, v)
+            assert bool(state.triggered) and int(state.trigger_step) == 5
+            np.testing.assert_array_equal(np.asarray(averaged_params(state, params)["w"]),
+                                          np.asarray(params["w"]))
+        g = {"w": jnp.asarray(_grad_np(np.asarray(params["w"]), A, targets[k]))}
+        u, state = upd(g, state, params)
+        params = optax.apply_updates(params, u)
+        iterates.append(np.asarray(params["w"], np.float64))
+        got = np.asarray(averaged_params(state, params)["w"], np.float64)
+        want = np.mean(np.stack(iterates[5:]), axis=0) if k >= 5 else iterates[k]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(k))
+
+
 def test_grad_norm_monitor_logs_interval_means_and_triggers_by_the_rule():
     # Gradient norms per step; interval 3 -> logs are the means of each block of 3.
     norms = [5, 5, 5, 4, 4, 4, 3, 3, 3, 3.5, 3.5, 3.5, 3.2, 3.2, 3.2, 3.4, 3.4, 3.4]

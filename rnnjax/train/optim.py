@@ -160,9 +160,13 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
         del extra
         if params is None:
             raise ValueError("nt_asgd averages the iterates: update() needs params")
-        # Fold in the iterate this update starts from (the previous update's result).
-        n = state.n_avg + state.triggered.astype(jnp.int32)
-        w = jnp.where(state.triggered, 1.0 / jnp.maximum(n, 1), 0.0)
+        # Fold in the iterate this update starts from (the previous update's result) when
+        # an update since the trigger produced it: a trigger by observe_metric (between
+        # updates) averages from the next update's result on, as one inside an update
+        # does, and as Merity et al.'s switch to ASGD after an evaluation does.
+        fold = state.triggered & (state.count > state.trigger_step)
+        n = state.n_avg + fold.astype(jnp.int32)
+        w = jnp.where(fold, 1.0 / jnp.maximum(n, 1), 0.0)
         avg = jax.tree.map(lambda a, p: a + (p - a) * w.astype(a.dtype), state.avg, params)
         state = state._replace(avg=avg, n_avg=n)
         if monitor != "eval":
