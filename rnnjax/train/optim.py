@@ -129,8 +129,8 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
       must call :func:`observe_metric` after each evaluation. Until a trainer does, this
       never triggers.
     * ``"loss"``: the training loss, passed as ``update(..., value=loss)`` (optax's
-      extra-argument convention, as ``optax.contrib.reduce_on_plateau``). A trainer that
-      does not pass it gets an error naming this option.
+      extra-argument convention, as ``optax.contrib.reduce_on_plateau``; rnnjax's train
+      step passes it). A caller that does not pass it gets an error naming this option.
     * ``"grad_norm"`` (default, works with every trainer): the global norm of the
       incoming (clipped) gradient. A proxy: at a constant learning rate the stochastic
       gradient norm stops falling when SGD reaches its noise floor, which is also when
@@ -172,9 +172,10 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
         if monitor != "eval":
             if monitor == "loss":
                 if value is None:
-                    raise ValueError("nt_asgd(monitor='loss') needs update(..., value=loss); "
-                                     "this trainer does not pass it: use "
-                                     "--config.optim.kwargs.monitor=grad_norm")
+                    raise ValueError("nt_asgd(monitor='loss') needs the training loss as "
+                                     "update(..., value=loss), as rnnjax's train step passes "
+                                     "it; a caller that cannot pass it should use "
+                                     "monitor='grad_norm' (or 'eval' with observe_metric)")
                 v = jnp.asarray(value, jnp.float32)
             else:
                 v = optax.tree.norm(updates).astype(jnp.float32)

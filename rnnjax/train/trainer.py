@@ -106,18 +106,20 @@ def scale_by_member_lr(inner: optax.GradientTransformation,
     own learning rate through one shared transformation. It is exact for every optax
     optimiser whose update is ``-lr * direction`` (adam, adamw, sgd, rmsprop, lion,
     ...) and every schedule of :mod:`rnnjax.train.optim` (all linear in ``lr``;
-    :func:`_check_linear_schedule` checks).
+    :func:`_check_linear_schedule` checks). Extra arguments (the train step's
+    ``value=loss``) go on to ``inner``.
     """
+    inner = optax.with_extra_args_support(inner)
 
     def init(params):
         return {"inner": inner.init(params), "lr": jnp.asarray(lr, jnp.float32)}
 
-    def update(updates, state, params=None):
-        upd, inner_state = inner.update(updates, state["inner"], params)
+    def update(updates, state, params=None, **extra_args):
+        upd, inner_state = inner.update(updates, state["inner"], params, **extra_args)
         upd = jax.tree.map(lambda u: u * state["lr"].astype(u.dtype), upd)
         return upd, {"inner": inner_state, "lr": state["lr"]}
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _check_linear_schedule(cfg, total: int) -> None:
