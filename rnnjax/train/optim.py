@@ -21,7 +21,10 @@ gradient norm before and after it.
 ``name = "nt_asgd"`` is rnnjax's own (:data:`OPTIMIZERS`, looked up before optax):
 non-monotonically triggered averaged SGD (Merity et al. 2017), :func:`nt_asgd`; its
 options go in ``kwargs`` (``nonmono``, ``interval``, ``monitor``, ``start_step``), and
-:func:`averaged_params` gives the weights to evaluate and to ship.
+:func:`averaged_params` gives the weights to evaluate and to ship. The trainer evaluates
+(periodic and final evaluations, the best checkpoint's rank) at :func:`averaged_params`,
+and its train step passes ``value=loss`` to every optimiser update; ``rnnjax eval``/
+``sample``/``decode`` restore the average from the checkpoint's optimiser state.
 """
 
 from __future__ import annotations
@@ -215,10 +218,19 @@ def _map_nt(opt_state, fn):
     return out, bool(found)
 
 
+def is_averaging(opt_state) -> bool:
+    """Whether ``opt_state`` holds an NT-ASGD state (anywhere in a chain or wrapper), i.e.
+    whether :func:`averaged_params` may differ from the params. A host-side check of the
+    tree's structure: the trainer asks it once, so that other optimisers' evaluations
+    cost nothing extra."""
+    return _map_nt(opt_state, lambda s: s)[1]
+
+
 def averaged_params(opt_state, params):
     """The weights to evaluate and ship: after the NT-ASGD trigger, the mean of the iterates
-    since the trigger, the current ``params`` included; before it, or for any other
-    optimiser, ``params`` itself. Pure and jittable; the trainer's hook for NT-ASGD."""
+    that the updates since the trigger produced, the current ``params`` included; before
+    it, or for any other optimiser, ``params`` itself. Pure and jittable; the trainer's
+    hook for NT-ASGD. One run's state: for K stacked members, ``jax.vmap`` it."""
     states = []
     _map_nt(opt_state, lambda s: states.append(s) or s)
     if not states:
