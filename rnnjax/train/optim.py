@@ -23,8 +23,9 @@ non-monotonically triggered averaged SGD (Merity et al. 2017), :func:`nt_asgd`; 
 options go in ``kwargs`` (``nonmono``, ``interval``, ``monitor``, ``start_step``), and
 :func:`averaged_params` gives the weights to evaluate and to ship. The trainer evaluates
 (periodic and final evaluations, the best checkpoint's rank) at :func:`averaged_params`,
-and its train step passes ``value=loss`` to every optimiser update; ``rnnjax eval``/
-``sample``/``decode`` restore the average from the checkpoint's optimiser state.
+feeds each evaluation's loss to :func:`observe_metric` when ``monitor="eval"``, and its
+train step passes ``value=loss`` to every optimiser update; ``rnnjax eval``/``sample``/
+``decode`` restore the average from the checkpoint's optimiser state.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def make_clip(cfg) -> optax.GradientTransformation:
 # NT-ASGD.
 # ---------------------------------------------------------------------------
 MONITORS = ("grad_norm", "loss", "eval")
+DEFAULT_MONITOR = "grad_norm"
 
 
 class NTASGDState(NamedTuple):
@@ -114,7 +116,7 @@ def _nonmono_log(state: NTASGDState, value, nonmono: int) -> NTASGDState:
 
 
 def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval: int = 100,
-            monitor: str = "grad_norm", start_step: int = 0,
+            monitor: str = DEFAULT_MONITOR, start_step: int = 0,
             momentum: float | None = None) -> optax.GradientTransformationExtraArgs:
     """Non-monotonically triggered ASGD (Merity, Keskar & Socher 2017, Algorithm 1).
 
@@ -128,9 +130,11 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
 
     What the metric is (``monitor``) is a choice forced by what reaches an optimiser:
 
-    * ``"eval"`` (the paper's: validation loss): the optimiser never sees it; the trainer
-      must call :func:`observe_metric` after each evaluation. Until a trainer does, this
-      never triggers.
+    * ``"eval"`` (the paper's: validation loss): the optimiser never sees it; whoever
+      evaluates calls :func:`observe_metric` after each evaluation (rnnjax's trainer does,
+      with the task's ``eval_loss_metric``, before that step's checkpoint; so a log is one
+      evaluation, ``train.eval_every`` steps, and ``interval`` is unused). Without those
+      calls it never triggers (only ``start_step`` does).
     * ``"loss"``: the training loss, passed as ``update(..., value=loss)`` (optax's
       extra-argument convention, as ``optax.contrib.reduce_on_plateau``; rnnjax's train
       step passes it). A caller that does not pass it gets an error naming this option.
@@ -226,6 +230,13 @@ def is_averaging(opt_state) -> bool:
     return _map_nt(opt_state, lambda s: s)[1]
 
 
+def observes_eval(cfg) -> bool:
+    """Whether the optimiser that ``config.optim`` (``cfg``) builds must be fed every
+    evaluation through :func:`observe_metric`: NT-ASGD with ``monitor="eval"``."""
+    kwargs = dict(cfg.get("kwargs", {}) or {})
+    return cfg.name == "nt_asgd" and kwargs.get("monitor", DEFAULT_MONITOR) == "eval"
+
+
 def averaged_params(opt_state, params):
     """The weights to evaluate and ship: after the NT-ASGD trigger, the mean of the iterates
     that the updates since the trigger produced, the current ``params`` included; before
@@ -242,9 +253,11 @@ def averaged_params(opt_state, params):
 
 
 def observe_metric(opt_state, value):
-    """Feeds one evaluation's metric (lower is better) to NT-ASGD's trigger when its
-    ``monitor`` is ``"eval"``: the trainer's hook after each evaluation. Pure; returns the
-    new optimiser state (unchanged for any other optimiser)."""
+    """Feeds one evaluation's metric (lower is better) to NT-ASGD's trigger: the trainer's
+    hook after each evaluation, called only when its ``monitor`` is ``"eval"``
+    (:func:`observes_eval`; the other monitors log inside ``update``). Pure; returns the
+    new optimiser state (unchanged for any other optimiser). One run's state: for K
+    stacked members, ``jax.vmap`` it."""
     def log(s: NTASGDState) -> NTASGDState:
         return _nonmono_log(s, jnp.asarray(value, jnp.float32), s.recent.shape[0])
 

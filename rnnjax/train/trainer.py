@@ -56,6 +56,8 @@ from rnnjax.train.optim import (
     is_averaging,
     make_optimizer,
     make_schedule,
+    observe_metric,
+    observes_eval,
 )
 from rnnjax.train.prefetch import Prefetcher
 from rnnjax.train.state import TrainState, create_train_state
@@ -495,10 +497,24 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
 
     # NT-ASGD: what is evaluated (periodic and final evaluations, so also the best
     # checkpoint's rank, and the final report) is the average of the iterates,
-    # optim.averaged_params, computed once per evaluation. Any other optimiser evaluates
-    # state.params as it is, with no extra work.
-    averaging = is_averaging(states[0].opt_state)
+    # optim.averaged_params, computed once per evaluation; with monitor="eval" each
+    # evaluation's loss goes back to the optimiser (optim.observe_metric) before that
+    # step's checkpoint is saved, so a resumed run holds the same logs as an uninterrupted
+    # one. Any other optimiser evaluates state.params as it is, with no extra work.
+    averaging, observing = is_averaging(states[0].opt_state), observes_eval(cfg0.optim)
     average_fn = jax.jit(jax.vmap(averaged_params) if vmapped else averaged_params)
+    observe_fn = jax.jit(jax.vmap(observe_metric) if vmapped else observe_metric,
+                         donate_argnums=(0,))
+
+    def observe(state: TrainState, evals: list[dict]) -> TrainState:
+        key = members[0].task.eval_loss_metric
+        if key not in evals[0]:
+            raise ValueError(f"optim.kwargs.monitor='eval' feeds NT-ASGD the task's eval loss "
+                             f"{key!r} (Task.eval_loss_metric), which its evaluation does not "
+                             f"report (it reports {sorted(evals[0])}); use monitor='loss'")
+        values = np.asarray([float(ev[key]) for ev in evals], np.float32)
+        return state.replace(opt_state=observe_fn(state.opt_state,
+                                                  values if vmapped else values[0]))
 
     def run_eval() -> list[dict]:
         params = average_fn(state.opt_state, state.params) if averaging else state.params
@@ -621,10 +637,13 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                             m.writer.write(step, hook.split,
                                            hook.fn(eval_model(m, averaged=False), m.task, b))
                 if did_eval:
-                    for m, ev in zip(members, run_eval()):
+                    evals = run_eval()
+                    for m, ev in zip(members, evals):
                         if m.failed is None:
                             m.last_eval = ev
                             m.writer.write(step, "eval", ev)
+                    if observing:
+                        state = observe(state, evals)
                 if is_save:
                     for m in live:
                         save(m, step, data_states[m.index], m.last_eval if did_eval else None)
