@@ -1,6 +1,9 @@
 """NT-ASGD (rnnjax.train.optim.nt_asgd): the plain SGD iterate before the trigger, a numpy
 running mean of the iterates after it, Merity et al.'s non-monotone rule against a Python
-transcription, and an exact round trip through the Checkpointer."""
+transcription, and an exact round trip through the Checkpointer. Through the trainer: the
+eval monitor against the same transcription of the logged evaluations, every evaluation
+(and ``rnnjax eval``) against the model at a numpy mean of the checkpoints' params, resume
+against an uninterrupted run (bitwise), and the loss monitor against the logged losses."""
 
 from __future__ import annotations
 
