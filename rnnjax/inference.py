@@ -2,9 +2,10 @@
 the text front-ends that sample and decode with it.
 
 ``load_for_inference(workdir)`` reads the run's config, builds the task and the model
-as training did, and restores the ``best`` or ``latest`` checkpoint's parameters;
-``run_eval`` evaluates them on the task's eval set. The command line's ``eval``,
-``sample``, ``decode`` and ``diagnose`` start here:
+as training did, and restores the ``best`` or ``latest`` checkpoint's weights, those
+training evaluated (with NT-ASGD the average of the iterates, which the checkpoint holds
+in its optimiser state); ``run_eval`` evaluates them on the task's eval set. The command
+line's ``eval``, ``sample``, ``decode`` and ``diagnose`` start here:
 
 * :func:`sample_text` (``rnnjax sample``): continuations of a prime from a language
   model, through :func:`rnnjax.decoding.sample_decode` over ``TokenModel.step``;
@@ -42,10 +43,12 @@ log = logging.getLogger(__name__)
 
 
 def load_for_inference(workdir: str | Path, which: str = "best"):
-    """Rebuilds the model of a workdir and restores the ``best`` or ``latest`` params.
+    """Rebuilds the model of a workdir and restores the ``best`` or ``latest`` weights.
 
-    Returns ``(config, task, model, step)`` with the model in eval mode and the
-    checkpoint's step.
+    The weights are those training evaluated (:meth:`Workdir.restore_params`): with
+    NT-ASGD the average of the iterates, restored from the checkpoint's optimiser state,
+    else the checkpoint's params. Returns ``(config, task, model, step)`` with the model
+    in eval mode and the checkpoint's step.
     """
     if which not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")

@@ -92,6 +92,37 @@ def assert_bitwise_equal(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> 
             raise AssertionError(f"{k} differs (max abs diff {diff:.3g})")
 
 
+class Killed(BaseException):
+    """Stands for SIGKILL in-process: a BaseException, so no ``except Exception`` catches it."""
+
+
+def crash_at_step(monkeypatch, task_cls, step):
+    """Makes the train iterator die when step ``step`` asks for its batch (not at a save)."""
+    original = task_cls.train_iterator
+
+    class Dying:
+        def __init__(self, inner):
+            self.inner, self.calls = inner, 0
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            self.calls += 1
+            if self.calls == step:
+                raise Killed(step)
+            return next(self.inner)
+
+        def state_dict(self):
+            return self.inner.state_dict()
+
+        def load_state_dict(self, state):
+            self.inner.load_state_dict(state)
+
+    monkeypatch.setattr(task_cls, "train_iterator",
+                        lambda self, *a, **k: Dying(original(self, *a, **k)))
+
+
 def env(**extra: str) -> dict[str, str]:
     e = dict(os.environ)
     e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")

@@ -14,6 +14,7 @@ import pytest
 from _helpers import CONFIGS, checkpoint_steps, config, results, rows, train
 
 from rnnjax.configlib import apply_overrides, load_config, parse_arg
+from rnnjax.tasks.base import get_task
 
 CONFIG_FILES = sorted(CONFIGS.glob("*.py"))
 
@@ -42,6 +43,8 @@ def test_smoke_variant_trains_end_to_end(path, tmp_path):
         assert math.isfinite(v), (k, v)
     # The returned metrics are the ones written to results.json.
     assert {k: final[k] for k in scalars} == scalars
+    # The eval loss NT-ASGD's monitor="eval" reads is one of the task's eval metrics.
+    assert get_task(cfg.task).eval_loss_metric in scalars
     train_rows = rows(workdir, "train")
     assert [r["step"] for r in train_rows] == list(range(1, cfg.train.steps + 1))
     assert all(math.isfinite(r["loss"]) for r in train_rows)

@@ -1,16 +1,38 @@
 """NT-ASGD (rnnjax.train.optim.nt_asgd): the plain SGD iterate before the trigger, a numpy
 running mean of the iterates after it, Merity et al.'s non-monotone rule against a Python
-transcription, and an exact round trip through the Checkpointer."""
+transcription, and an exact round trip through the Checkpointer. Through the trainer: the
+eval monitor against the same transcription of the logged evaluations, every evaluation
+(and ``rnnjax eval``) against the model at a numpy mean of the checkpoints' params, resume
+against an uninterrupted run (bitwise), and the loss monitor against the logged losses."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from _helpers import (
+    Killed,
+    assert_bitwise_equal,
+    checkpoint_steps,
+    config,
+    crash_at_step,
+    flat,
+    last_rows_by_step,
+    restored_params,
+    results,
+    train,
+)
+from flax import nnx
 
+from rnnjax import cli
 from rnnjax.config_schema import base_config
+from rnnjax.inference import run_eval
+from rnnjax.tasks.base import build, get_task
 from rnnjax.train.checkpoint import Checkpointer
 from rnnjax.train.optim import (
     NTASGDState,
@@ -20,6 +42,8 @@ from rnnjax.train.optim import (
     observe_metric,
 )
 from rnnjax.train.state import TrainState, create_train_state
+from rnnjax.train.steps import evaluate, make_eval_step
+from rnnjax.train.trainer import train_members
 
 LR = 0.1
 
@@ -109,6 +133,33 @@ def test_eval_monitor_follows_merity_rule(seed):
     assert got == want, (values, nonmono)
 
 
+def test_an_observed_trigger_averages_from_the_next_update_on():
+    """observe_metric fires between updates: the weights just evaluated are not averaged,
+    the first averaged iterate is the next update's result (Merity et al. evaluate, switch
+    to ASGD, then average the steps that follow), as for a trigger inside an update."""
+    A, targets = _problem(3)
+    A = A / 4
+    tx = nt_asgd(LR, nonmono=1, monitor="eval")
+    params = {"w": jnp.zeros(5, jnp.float32)}
+    state = tx.init(params)
+    upd = jax.jit(tx.update)
+    iterates = []
+    for k in range(12):
+        if k == 5:
+            for v in (2.0, 3.0, 2.5):  # the third log is above min(logs[:-1]) = 2.0
+                state = observe_metric(state, v)
+            assert bool(state.triggered) and int(state.trigger_step) == 5
+            np.testing.assert_array_equal(np.asarray(averaged_params(state, params)["w"]),
+                                          np.asarray(params["w"]))
+        g = {"w": jnp.asarray(_grad_np(np.asarray(params["w"]), A, targets[k]))}
+        u, state = upd(g, state, params)
+        params = optax.apply_updates(params, u)
+        iterates.append(np.asarray(params["w"], np.float64))
+        got = np.asarray(averaged_params(state, params)["w"], np.float64)
+        want = np.mean(np.stack(iterates[5:]), axis=0) if k >= 5 else iterates[k]
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=str(k))
+
+
 def test_grad_norm_monitor_logs_interval_means_and_triggers_by_the_rule():
     # Gradient norms per step; interval 3 -> logs are the means of each block of 3.
     norms = [5, 5, 5, 4, 4, 4, 3, 3, 3, 3.5, 3.5, 3.5, 3.2, 3.2, 3.2, 3.4, 3.4, 3.4]
@@ -187,3 +238,170 @@ def test_state_round_trips_through_a_checkpoint_exactly(tmp_path):
     np.testing.assert_array_equal(np.asarray(averaged_params(restored.opt_state,
                                                              restored.params)["w"]),
                                   np.asarray(averaged_params(ts.opt_state, ts.params)["w"]))
+
+
+# ---------------------------------------------------------------------------
+# Through the trainer: evaluation at the average, the eval monitor, resume, inference.
+# ---------------------------------------------------------------------------
+# A tiny adding run (T=7, H=8) whose eval MSE is noisy at lr 0.5, so with nonmono=1 the
+# eval monitor triggers at the third evaluation (step 3) and steps 4-8 are averaged. Every
+# step is evaluated and checkpointed, so the reference average is a numpy mean of the
+# checkpoints' params.
+RUN = ["train.steps=8", "train.eval_every=1", "train.checkpoint_every=1",
+       "train.keep_checkpoints=10", "optim.lr=0.5", "model.hidden=8"]
+NT = {"optim__name": "nt_asgd", "optim__schedule": "constant",
+      "optim__kwargs": {"monitor": "eval", "nonmono": 1}}
+
+
+def _cfg(*overrides, spec="adding.py:smoke,T=7", **fields):
+    return config(spec, *RUN, *overrides, **{**NT, **fields})
+
+
+def _restore_state(cfg, workdir, step):
+    """The whole train state of checkpoint ``step``, restored here without the trainer."""
+    task, model = build(cfg, workdir)
+    _, opt_tx = make_optimizer(cfg.optim, cfg.train.steps)
+    params = nnx.state(model, nnx.Param)
+    target = dict(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_tx.init(params),
+                  task_state=task.init_task_state(model, cfg.train.batch_size))
+    ckpt = Checkpointer(Path(workdir) / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        return ckpt.restore(target, step)[0]
+    finally:
+        ckpt.close()
+
+
+def _nt_state(opt_state) -> NTASGDState:
+    (s,) = [n for n in jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, NTASGDState))
+            if isinstance(n, NTASGDState)]
+    return s
+
+
+def _eval_at(cfg, workdir, params) -> dict:
+    """The task's evaluation of the model at ``params`` (an nnx.State of numpy arrays)."""
+    task, model = build(cfg, workdir)
+    model.eval()
+    graphdef, _, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
+    step = jax.jit(make_eval_step(task, graphdef, rng_state, consts))
+    return evaluate(task, step, params, task.eval_batches(cfg.train.eval_batch_size),
+                    lambda b: {k: jnp.asarray(v) for k, v in b.items()})
+
+
+def _mean(trees):
+    return jax.tree.map(lambda *xs: np.mean(np.stack([np.asarray(x, np.float64) for x in xs]),
+                                            axis=0).astype(np.float32), *trees)
+
+
+@pytest.fixture(scope="module")
+def averaged_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("nt_asgd")
+    cfg = _cfg()
+    return cfg, workdir, train(cfg, workdir)
+
+
+def test_eval_monitor_triggers_by_the_rule_and_evaluations_use_the_average(averaged_run):
+    cfg, workdir, final = averaged_run
+    total = cfg.train.steps
+    evals = last_rows_by_step(workdir, "eval")
+    assert sorted(evals) == list(range(1, total + 1))
+    losses = [evals[s]["mse"] for s in sorted(evals)]
+    first = _merity_trigger(losses, nonmono=1)
+    assert first is not None and first + 1 < total, losses  # precondition: it triggered
+    trigger = first + 1  # the step of the evaluation that triggered
+    nt = _nt_state(_restore_state(cfg, workdir, total)["opt_state"])
+    assert bool(nt.triggered) and int(nt.trigger_step) == trigger
+    assert int(nt.num_logs) == total  # one log per evaluation, fed by the trainer
+    # Every evaluation is that of the model at the SGD iterate until the trigger, then at
+    # the numpy mean of the iterates of the steps after it (each checkpoint's params).
+    params = {s: _restore_state(cfg, workdir, s)["params"] for s in range(1, total + 1)}
+    for s in range(1, total + 1):
+        at = params[s] if s <= trigger else _mean([params[k] for k in range(trigger + 1, s + 1)])
+        assert evals[s]["mse"] == pytest.approx(_eval_at(cfg, workdir, at)["mse"], rel=1e-5), s
+    # The reported final metrics are the average's, and differ from the SGD iterate's.
+    want = _eval_at(cfg, workdir, _mean([params[k] for k in range(trigger + 1, total + 1)]))
+    raw = _eval_at(cfg, workdir, params[total])
+    assert final["mse"] == results(workdir)["eval"]["mse"]
+    assert final["mse"] == pytest.approx(want["mse"], rel=1e-5)
+    assert abs(final["mse"] - raw["mse"]) > 1e-3 * raw["mse"]
+
+
+def test_eval_and_inference_restore_the_average(averaged_run, capsys):
+    cfg, workdir, final = averaged_run
+    total = cfg.train.steps
+    trigger = int(_nt_state(_restore_state(cfg, workdir, total)["opt_state"]).trigger_step)
+    want = _mean([_restore_state(cfg, workdir, k)["params"] for k in range(trigger + 1,
+                                                                           total + 1)])
+    got, step = restored_params(workdir, "latest")  # load_for_inference
+    assert step == total
+    ref = flat(want)
+    assert got.keys() == ref.keys()
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    assert cli.main(["eval", "--workdir", str(workdir), "--checkpoint", "latest"]) == 0
+    latest = json.loads(capsys.readouterr().out)
+    assert latest["checkpoint_step"] == total
+    assert latest["mse"] == pytest.approx(final["mse"], rel=1e-6)
+    # The best checkpoint is ranked by, and evaluates to, the averaged evaluations.
+    evals = last_rows_by_step(workdir, "eval")
+    best = results(workdir)["best_step"]
+    assert best == min(evals, key=lambda s: evals[s]["mse"])
+    assert cli.main(["eval", "--workdir", str(workdir)]) == 0
+    at_best = json.loads(capsys.readouterr().out)
+    assert at_best["checkpoint_step"] == best
+    assert at_best["mse"] == pytest.approx(evals[best]["mse"], rel=1e-6)
+
+
+def test_resume_across_the_trigger_matches_the_uninterrupted_run(averaged_run, tmp_path,
+                                                                  monkeypatch):
+    """Killed at step 5 with checkpoints every 3 steps: the run resumes from step 3, the
+    evaluation that triggered (its observation is in that checkpoint), redoes step 4 and
+    ends bitwise equal to the uninterrupted run (checkpointed every step, which changes no
+    number)."""
+    cfg_ref, ref, ref_final = averaged_run
+    cfg = _cfg("train.checkpoint_every=3")
+    with monkeypatch.context() as m:
+        crash_at_step(m, get_task(cfg.task), 5)
+        with pytest.raises(Killed):
+            train(cfg, tmp_path)
+    assert checkpoint_steps(tmp_path) == [3]
+    assert bool(_nt_state(_restore_state(cfg, tmp_path, 3)["opt_state"]).triggered)
+    assert train(_cfg("train.checkpoint_every=3"), tmp_path) == ref_final
+    assert results(tmp_path)["eval"] == results(ref)["eval"]
+    got, want = last_rows_by_step(tmp_path, "eval"), last_rows_by_step(ref, "eval")
+    assert [got[s]["mse"] for s in sorted(got)] == [want[s]["mse"] for s in sorted(want)]
+    total = cfg.train.steps
+    assert_bitwise_equal(flat(_restore_state(cfg, tmp_path, total)),
+                         flat(_restore_state(cfg_ref, ref, total)))
+
+
+def test_loss_monitor_gets_each_members_training_loss(tmp_path):
+    """monitor="loss" through the trainer: make_train_step passes value=loss through the
+    weight-decay chain and, for vmapped members with their own lr, scale_by_member_lr.
+    With interval 1 and nonmono = steps, the criterion's ring holds every step's loss."""
+    kwargs = {"monitor": "loss", "interval": 1, "nonmono": 4}
+    cfgs = [_cfg("train.steps=4", f"seed={s}", f"optim.lr={lr}", "optim.weight_decay=1e-3",
+                 optim__kwargs=kwargs) for s, lr in ((0, 0.5), (1, 0.2))]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    finals = train_members(cfgs, dirs, progress=False)
+    assert all(f is not None for f in finals)
+    for cfg, d in zip(cfgs, dirs):
+        nt = _nt_state(_restore_state(cfg, d, 4)["opt_state"])
+        losses = [last_rows_by_step(d, "train")[s]["loss"] for s in range(1, 5)]
+        assert int(nt.num_logs) == 4
+        np.testing.assert_allclose(np.asarray(nt.recent), losses, rtol=1e-6)
+
+
+def test_vmapped_members_each_observe_their_own_evaluations(tmp_path):
+    cfgs = [_cfg(f"seed={s}") for s in (0, 1)]
+    dirs = [tmp_path / "a", tmp_path / "b"]
+    finals = train_members(cfgs, dirs, progress=False)
+    triggers = []
+    for cfg, d, final in zip(cfgs, dirs, finals):
+        evals = last_rows_by_step(d, "eval")
+        first = _merity_trigger([evals[s]["mse"] for s in sorted(evals)], nonmono=1)
+        nt = _nt_state(_restore_state(cfg, d, cfg.train.steps)["opt_state"])
+        assert first is not None and int(nt.trigger_step) == first + 1
+        triggers.append(first + 1)
+        # The member's checkpoint restores to the weights its final evaluation saw.
+        assert run_eval(d, "latest")["mse"] == pytest.approx(final["mse"], rel=1e-5)
+    assert triggers[0] != triggers[1]  # precondition: the members' logs differ

@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 from _helpers import (
     ROOT,
+    Killed,
     assert_bitwise_equal,
     checkpoint_steps,
     config,
+    crash_at_step,
     env,
     flat,
     last_rows_by_step,
@@ -63,37 +65,6 @@ RESUME_CASES = {
 RESUME_OVERRIDES = ["train.steps=40", "train.checkpoint_every=5"]
 
 
-class _Killed(BaseException):
-    """Stands for SIGKILL in-process: a BaseException, so no ``except Exception`` catches it."""
-
-
-def _crash_at_step(monkeypatch, task_cls, step):
-    """Makes the train iterator die when step ``step`` asks for its batch (not at a save)."""
-    original = task_cls.train_iterator
-
-    class Dying:
-        def __init__(self, inner):
-            self.inner, self.calls = inner, 0
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            self.calls += 1
-            if self.calls == step:
-                raise _Killed(step)
-            return next(self.inner)
-
-        def state_dict(self):
-            return self.inner.state_dict()
-
-        def load_state_dict(self, state):
-            self.inner.load_state_dict(state)
-
-    monkeypatch.setattr(task_cls, "train_iterator",
-                        lambda self, *a, **k: Dying(original(self, *a, **k)))
-
-
 def _sigkill_mid_training(spec, workdir, log):
     """Runs ``rnnjax train`` in a subprocess and SIGKILLs it once checkpoint >= 10 exists."""
     proc = start_rnnjax("train", "--config", f"configs/{spec}",
@@ -126,8 +97,8 @@ def test_resume_after_kill_is_bitwise_exact(case, tmp_path, monkeypatch):
         from rnnjax.tasks.base import get_task
 
         with monkeypatch.context() as m:
-            _crash_at_step(m, get_task(cfg.task), 13)
-            with pytest.raises(_Killed):
+            crash_at_step(m, get_task(cfg.task), 13)
+            with pytest.raises(Killed):
                 train(cfg, killed)
         assert max(r["step"] for r in rows(killed, "train")) == 12
     kill_step = max(checkpoint_steps(killed))

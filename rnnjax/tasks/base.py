@@ -35,11 +35,15 @@ class Task:
     """Base class. Subclasses implement the methods that raise NotImplementedError.
 
     Attributes a subclass sets: ``best_metric`` (an eval metric name) and
-    ``best_mode`` (``"min"`` or ``"max"``), used to keep the best checkpoint.
+    ``best_mode`` (``"min"`` or ``"max"``), used to keep the best checkpoint, and
+    ``eval_loss_metric``: the eval metric that is the training objective on the eval
+    set (lower is better; what NT-ASGD's ``monitor="eval"`` watches, as Merity et al.
+    watch the validation loss).
     """
 
     best_metric: str = "loss"
     best_mode: str = "min"
+    eval_loss_metric: str = "loss"
 
     def __init__(self, config, workdir: Path | None = None):
         self.config = config

@@ -90,6 +90,7 @@ NEVER_SAMPLED = (text.PAD_ID, text.BOS_ID, text.EOS_ID)
 class LMTask(Task):
     best_metric = "nats_per_token"
     best_mode = "min"
+    eval_loss_metric = "nats_per_token"
 
     def __init__(self, config, workdir=None):
         super().__init__(config, workdir)

@@ -29,6 +29,7 @@ SOURCES = ("adding", "mackey_glass", "csv")
 class RegressionTask(Task):
     best_metric = "mse"
     best_mode = "min"
+    eval_loss_metric = "mse"
 
     def __init__(self, config, workdir=None):
         super().__init__(config, workdir)

@@ -21,7 +21,11 @@ gradient norm before and after it.
 ``name = "nt_asgd"`` is rnnjax's own (:data:`OPTIMIZERS`, looked up before optax):
 non-monotonically triggered averaged SGD (Merity et al. 2017), :func:`nt_asgd`; its
 options go in ``kwargs`` (``nonmono``, ``interval``, ``monitor``, ``start_step``), and
-:func:`averaged_params` gives the weights to evaluate and to ship.
+:func:`averaged_params` gives the weights to evaluate and to ship. The trainer evaluates
+(periodic and final evaluations, the best checkpoint's rank) at :func:`averaged_params`,
+feeds each evaluation's loss to :func:`observe_metric` when ``monitor="eval"``, and its
+train step passes ``value=loss`` to every optimiser update; ``rnnjax eval``/``sample``/
+``decode`` restore the average from the checkpoint's optimiser state.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ def make_clip(cfg) -> optax.GradientTransformation:
 # NT-ASGD.
 # ---------------------------------------------------------------------------
 MONITORS = ("grad_norm", "loss", "eval")
+DEFAULT_MONITOR = "grad_norm"
 
 
 class NTASGDState(NamedTuple):
@@ -111,7 +116,7 @@ def _nonmono_log(state: NTASGDState, value, nonmono: int) -> NTASGDState:
 
 
 def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval: int = 100,
-            monitor: str = "grad_norm", start_step: int = 0,
+            monitor: str = DEFAULT_MONITOR, start_step: int = 0,
             momentum: float | None = None) -> optax.GradientTransformationExtraArgs:
     """Non-monotonically triggered ASGD (Merity, Keskar & Socher 2017, Algorithm 1).
 
@@ -125,12 +130,14 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
 
     What the metric is (``monitor``) is a choice forced by what reaches an optimiser:
 
-    * ``"eval"`` (the paper's: validation loss): the optimiser never sees it; the trainer
-      must call :func:`observe_metric` after each evaluation. Until a trainer does, this
-      never triggers.
+    * ``"eval"`` (the paper's: validation loss): the optimiser never sees it; whoever
+      evaluates calls :func:`observe_metric` after each evaluation (rnnjax's trainer does,
+      with the task's ``eval_loss_metric``, before that step's checkpoint; so a log is one
+      evaluation, ``train.eval_every`` steps, and ``interval`` is unused). Without those
+      calls it never triggers (only ``start_step`` does).
     * ``"loss"``: the training loss, passed as ``update(..., value=loss)`` (optax's
-      extra-argument convention, as ``optax.contrib.reduce_on_plateau``). A trainer that
-      does not pass it gets an error naming this option.
+      extra-argument convention, as ``optax.contrib.reduce_on_plateau``; rnnjax's train
+      step passes it). A caller that does not pass it gets an error naming this option.
     * ``"grad_norm"`` (default, works with every trainer): the global norm of the
       incoming (clipped) gradient. A proxy: at a constant learning rate the stochastic
       gradient norm stops falling when SGD reaches its noise floor, which is also when
@@ -160,17 +167,22 @@ def nt_asgd(learning_rate: optax.ScalarOrSchedule, *, nonmono: int = 5, interval
         del extra
         if params is None:
             raise ValueError("nt_asgd averages the iterates: update() needs params")
-        # Fold in the iterate this update starts from (the previous update's result).
-        n = state.n_avg + state.triggered.astype(jnp.int32)
-        w = jnp.where(state.triggered, 1.0 / jnp.maximum(n, 1), 0.0)
+        # Fold in the iterate this update starts from (the previous update's result) when
+        # an update since the trigger produced it: a trigger by observe_metric (between
+        # updates) averages from the next update's result on, as one inside an update
+        # does, and as Merity et al.'s switch to ASGD after an evaluation does.
+        fold = state.triggered & (state.count > state.trigger_step)
+        n = state.n_avg + fold.astype(jnp.int32)
+        w = jnp.where(fold, 1.0 / jnp.maximum(n, 1), 0.0)
         avg = jax.tree.map(lambda a, p: a + (p - a) * w.astype(a.dtype), state.avg, params)
         state = state._replace(avg=avg, n_avg=n)
         if monitor != "eval":
             if monitor == "loss":
                 if value is None:
-                    raise ValueError("nt_asgd(monitor='loss') needs update(..., value=loss); "
-                                     "this trainer does not pass it: use "
-                                     "--config.optim.kwargs.monitor=grad_norm")
+                    raise ValueError("nt_asgd(monitor='loss') needs the training loss as "
+                                     "update(..., value=loss), as rnnjax's train step passes "
+                                     "it; a caller that cannot pass it should use "
+                                     "monitor='grad_norm' (or 'eval' with observe_metric)")
                 v = jnp.asarray(value, jnp.float32)
             else:
                 v = optax.tree.norm(updates).astype(jnp.float32)
@@ -210,10 +222,26 @@ def _map_nt(opt_state, fn):
     return out, bool(found)
 
 
+def is_averaging(opt_state) -> bool:
+    """Whether ``opt_state`` holds an NT-ASGD state (anywhere in a chain or wrapper), i.e.
+    whether :func:`averaged_params` may differ from the params. A host-side check of the
+    tree's structure: the trainer asks it once, so that other optimisers' evaluations
+    cost nothing extra."""
+    return _map_nt(opt_state, lambda s: s)[1]
+
+
+def observes_eval(cfg) -> bool:
+    """Whether the optimiser that ``config.optim`` (``cfg``) builds must be fed every
+    evaluation through :func:`observe_metric`: NT-ASGD with ``monitor="eval"``."""
+    kwargs = dict(cfg.get("kwargs", {}) or {})
+    return cfg.name == "nt_asgd" and kwargs.get("monitor", DEFAULT_MONITOR) == "eval"
+
+
 def averaged_params(opt_state, params):
     """The weights to evaluate and ship: after the NT-ASGD trigger, the mean of the iterates
-    since the trigger, the current ``params`` included; before it, or for any other
-    optimiser, ``params`` itself. Pure and jittable; the trainer's hook for NT-ASGD."""
+    that the updates since the trigger produced, the current ``params`` included; before
+    it, or for any other optimiser, ``params`` itself. Pure and jittable; the trainer's
+    hook for NT-ASGD. One run's state: for K stacked members, ``jax.vmap`` it."""
     states = []
     _map_nt(opt_state, lambda s: states.append(s) or s)
     if not states:
@@ -225,9 +253,11 @@ def averaged_params(opt_state, params):
 
 
 def observe_metric(opt_state, value):
-    """Feeds one evaluation's metric (lower is better) to NT-ASGD's trigger when its
-    ``monitor`` is ``"eval"``: the trainer's hook after each evaluation. Pure; returns the
-    new optimiser state (unchanged for any other optimiser)."""
+    """Feeds one evaluation's metric (lower is better) to NT-ASGD's trigger: the trainer's
+    hook after each evaluation, called only when its ``monitor`` is ``"eval"``
+    (:func:`observes_eval`; the other monitors log inside ``update``). Pure; returns the
+    new optimiser state (unchanged for any other optimiser). One run's state: for K
+    stacked members, ``jax.vmap`` it."""
     def log(s: NTASGDState) -> NTASGDState:
         return _nonmono_log(s, jnp.asarray(value, jnp.float32), s.recent.shape[0])
 

@@ -36,7 +36,12 @@ def make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx):
     task's metrics, the loss, the gradient norm before and after clipping, the
     update and parameter norms, and ``params_finite`` (whether every updated
     parameter is finite).
+
+    The optimiser gets the loss as ``update(..., value=loss)``, optax's extra-argument
+    convention (NT-ASGD's ``monitor="loss"`` reads it); a transformation that takes no
+    extra arguments never sees it, so for those the step is the same program.
     """
+    opt_tx = optax.with_extra_args_support(opt_tx)
 
     def train_step(state: TrainState, batch, rng):
         # Dropout keys for this step: fold_in(rng, step), set outside the grad trace.
@@ -51,7 +56,7 @@ def make_train_step(task, graphdef, rng_state, consts, clip_tx, opt_tx):
         (loss, (metrics, task_state)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params)
         clipped, _ = clip_tx.update(grads, clip_tx.init(state.params), state.params)
-        updates, opt_state = opt_tx.update(clipped, state.opt_state, state.params)
+        updates, opt_state = opt_tx.update(clipped, state.opt_state, state.params, value=loss)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.all(jnp.array([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
         metrics = dict(metrics, loss=loss,

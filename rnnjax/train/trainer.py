@@ -51,7 +51,14 @@ from rnnjax.tasks.base import build
 from rnnjax.train import distributed
 from rnnjax.train.hooks import Hook
 from rnnjax.train.metrics import MetricWriter, Progress, latest_rows, plot_curves, read_metrics
-from rnnjax.train.optim import make_optimizer, make_schedule
+from rnnjax.train.optim import (
+    averaged_params,
+    is_averaging,
+    make_optimizer,
+    make_schedule,
+    observe_metric,
+    observes_eval,
+)
 from rnnjax.train.prefetch import Prefetcher
 from rnnjax.train.state import TrainState, create_train_state
 from rnnjax.train.steps import evaluate, make_eval_step, make_train_step
@@ -106,18 +113,20 @@ def scale_by_member_lr(inner: optax.GradientTransformation,
     own learning rate through one shared transformation. It is exact for every optax
     optimiser whose update is ``-lr * direction`` (adam, adamw, sgd, rmsprop, lion,
     ...) and every schedule of :mod:`rnnjax.train.optim` (all linear in ``lr``;
-    :func:`_check_linear_schedule` checks).
+    :func:`_check_linear_schedule` checks). Extra arguments (the train step's
+    ``value=loss``) go on to ``inner``.
     """
+    inner = optax.with_extra_args_support(inner)
 
     def init(params):
         return {"inner": inner.init(params), "lr": jnp.asarray(lr, jnp.float32)}
 
-    def update(updates, state, params=None):
-        upd, inner_state = inner.update(updates, state["inner"], params)
+    def update(updates, state, params=None, **extra_args):
+        upd, inner_state = inner.update(updates, state["inner"], params, **extra_args)
         upd = jax.tree.map(lambda u: u * state["lr"].astype(u.dtype), upd)
         return upd, {"inner": inner_state, "lr": state["lr"]}
 
-    return optax.GradientTransformation(init, update)
+    return optax.GradientTransformationExtraArgs(init, update)
 
 
 def _check_linear_schedule(cfg, total: int) -> None:
@@ -486,13 +495,35 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
         def eval_fn(params, batch, rng_state, consts):
             return single_eval(params, batch)
 
+    # NT-ASGD: what is evaluated (periodic and final evaluations, so also the best
+    # checkpoint's rank, and the final report) is the average of the iterates,
+    # optim.averaged_params, computed once per evaluation; with monitor="eval" each
+    # evaluation's loss goes back to the optimiser (optim.observe_metric) before that
+    # step's checkpoint is saved, so a resumed run holds the same logs as an uninterrupted
+    # one. Any other optimiser evaluates state.params as it is, with no extra work.
+    averaging, observing = is_averaging(states[0].opt_state), observes_eval(cfg0.optim)
+    average_fn = jax.jit(jax.vmap(averaged_params) if vmapped else averaged_params)
+    observe_fn = jax.jit(jax.vmap(observe_metric) if vmapped else observe_metric,
+                         donate_argnums=(0,))
+
+    def observe(state: TrainState, evals: list[dict]) -> TrainState:
+        key = members[0].task.eval_loss_metric
+        if key not in evals[0]:
+            raise ValueError(f"optim.kwargs.monitor='eval' feeds NT-ASGD the task's eval loss "
+                             f"{key!r} (Task.eval_loss_metric), which its evaluation does not "
+                             f"report (it reports {sorted(evals[0])}); use monitor='loss'")
+        values = np.asarray([float(ev[key]) for ev in evals], np.float32)
+        return state.replace(opt_state=observe_fn(state.opt_state,
+                                                  values if vmapped else values[0]))
+
     def run_eval() -> list[dict]:
+        params = average_fn(state.opt_state, state.params) if averaging else state.params
         if not vmapped:
             return [evaluate(members[0].task, lambda p, b: eval_fn(p, b, None, None),
-                             state.params, eval_batches, put_batch)]
+                             params, eval_batches, put_batch)]
         sums: dict[str, np.ndarray] = {}
         for batch in eval_batches:
-            out = jax.device_get(eval_fn(state.params, put_batch(batch), rng_states, consts))
+            out = jax.device_get(eval_fn(params, put_batch(batch), rng_states, consts))
             for k, v in out.items():
                 sums[k] = sums[k] + np.asarray(v) if k in sums else np.asarray(v)
         return [m.task.summarize({k: v[m.index] for k, v in sums.items()}) for m in members]
@@ -500,12 +531,16 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
     def member_state(m: _Member) -> TrainState:
         return _member(state, m.index) if vmapped else state
 
-    def eval_model(m: _Member) -> nnx.Module:
-        """The member's eval-mode model; with N processes on host copies of the replicated
-        parameters, so that work only process 0 does (hooks, reports) runs no collective."""
+    def eval_model(m: _Member, averaged: bool = True) -> nnx.Module:
+        """The member's eval-mode model, at the weights that are evaluated (NT-ASGD's
+        average) or, with ``averaged=False``, at the SGD iterate; with N processes on host
+        copies of the replicated parameters, so that work only process 0 does (hooks,
+        reports) runs no collective."""
         pick = (lambda t: _member(t, m.index)) if vmapped else (lambda t: t)
-        return nnx.merge(graphdef_eval, distributed.to_host(pick(state.params)),
-                         pick(rng_states), pick(consts))
+        params = distributed.to_host(pick(state.params))
+        if averaged and averaging:
+            params = averaged_params(distributed.to_host(pick(state.opt_state)), params)
+        return nnx.merge(graphdef_eval, params, pick(rng_states), pick(consts))
 
     def save(m: _Member, step: int, data_state: dict, eval_metrics: dict | None = None) -> None:
         meta = {"step": step, "data_state": data_state, "seed": m.config.seed}
@@ -594,15 +629,21 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                     bar.set_loss(float(np.mean([
                         (metrics["loss"][m.index] if vmapped else metrics["loss"])
                         for m in live])))
+                # Hooks measure training (gradient flow through the weights being trained):
+                # the SGD iterate, not NT-ASGD's average.
                 for hook in hooks_now:
                     for m, b in zip(members, batches):
                         if m.failed is None and main:
-                            m.writer.write(step, hook.split, hook.fn(eval_model(m), m.task, b))
+                            m.writer.write(step, hook.split,
+                                           hook.fn(eval_model(m, averaged=False), m.task, b))
                 if did_eval:
-                    for m, ev in zip(members, run_eval()):
+                    evals = run_eval()
+                    for m, ev in zip(members, evals):
                         if m.failed is None:
                             m.last_eval = ev
                             m.writer.write(step, "eval", ev)
+                    if observing:
+                        state = observe(state, evals)
                 if is_save:
                     for m in live:
                         save(m, step, data_states[m.index], m.last_eval if did_eval else None)

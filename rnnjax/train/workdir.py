@@ -37,7 +37,7 @@ import numpy as np
 
 from rnnjax.config_schema import base_config
 from rnnjax.train.checkpoint import Checkpointer, CheckpointError
-from rnnjax.train.optim import make_optimizer
+from rnnjax.train.optim import averaged_params, make_optimizer
 from rnnjax.train.state import create_train_state
 
 #: The statuses :meth:`Workdir.status` reports.
@@ -330,8 +330,11 @@ class Workdir:
 
     def restore_params(self, task, config, model, params, which: str = "best"):
         """``(params, step)`` of the ``best`` (or ``latest``) checkpoint, restored into the
-        structure of ``params`` (``model``'s); the optimiser and task state are built to
-        match and dropped."""
+        structure of ``params`` (``model``'s): the weights the trainer evaluated. The whole
+        train state is restored (the optimiser and task state built to match), so for
+        NT-ASGD these are the average of the iterates that the checkpoint's optimiser
+        state holds (:func:`rnnjax.train.optim.averaged_params`); for any other optimiser,
+        the params as saved. The SGD iterate itself is the checkpoint's ``params``."""
         _, opt_tx = make_optimizer(config.optim, int(config.train.steps))
         target = create_train_state(params, opt_tx, task.init_task_state(
             model, config.train.batch_size))
@@ -343,4 +346,4 @@ class Workdir:
             state, meta = ckpt.restore(target, step)
         finally:
             ckpt.close()
-        return state.params, int(meta["step"])
+        return averaged_params(state.opt_state, state.params), int(meta["step"])
