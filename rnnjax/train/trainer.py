@@ -609,7 +609,11 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                 bar.update(1)
                 is_log = step % tc.log_every == 0 or step == total
                 did_eval = step % tc.eval_every == 0 or step == total
-                is_save = step % tc.checkpoint_every == 0 or step == total or stop.requested
+                # Read once per step: a signal that lands after this line is seen at the
+                # next step, never between the save decision and the exit (which would
+                # leave the last logged step without its checkpoint).
+                stopping = stop.requested
+                is_save = step % tc.checkpoint_every == 0 or step == total or stopping
                 hooks_now = [h for h in hooks if h.every and step % h.every == 0]
                 if not (is_log or did_eval or is_save or hooks_now):
                     continue
@@ -647,7 +651,7 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
                 if is_save:
                     for m in live:
                         save(m, step, data_states[m.index], m.last_eval if did_eval else None)
-                if stop.requested:
+                if stopping:
                     name = signal.Signals(stop.signal).name
                     log.warning("%s: saved a checkpoint at step %d in %s; run the same command "
                                 "again to resume", name, step,
