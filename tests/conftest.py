@@ -7,12 +7,59 @@ they change so that tests stay independent of their order.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import jax
 import pytest
 
 TORCH_REASON = (
     "torch not installed: pip install torch==2.13.0 (CPU wheel) to run the parity tests"
 )
+
+
+_CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    """One persistent XLA compilation cache for the whole run, shared by the xdist workers
+    and by every ``rnnjax`` subprocess the tests start (they inherit the environment).
+
+    Most of a small test's time is compiling programs that other tests (and other
+    processes) compile too: a smoke ``rnnjax train`` takes ~10 s cold and ~3 s warm.
+    Results do not change (the cache key is the program, the flags and the devices). The
+    directory is made by the controlling process and removed when the run ends; a cache
+    the user set (``JAX_COMPILATION_CACHE_DIR``) is used as it is and kept.
+    """
+    # In-process tests compile at XLA's backend optimisation level 0: LLVM's passes are
+    # most of the compile time of the many small programs the tests build, and the
+    # programs are tiny, so the run is faster overall (tests/README.md has the numbers).
+    # Subprocesses (`rnnjax train`, sweeps, benchmarks) run with the default flags, as
+    # users do (tests/_helpers.env drops XLA_FLAGS). RNNJAX_TEST_XLA_OPT=default turns
+    # this off.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if (os.environ.get("RNNJAX_TEST_XLA_OPT") != "default"
+            and "xla_backend_optimization_level" not in flags):
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_backend_optimization_level=0".strip()
+    if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        config._rnnjax_jax_cache = tempfile.mkdtemp(prefix="rnnjax-test-jax-cache-")
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = config._rnnjax_jax_cache
+        for k, v in _CACHE_ENV.items():
+            os.environ.setdefault(k, v)
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:  # jax may be imported already
+        jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+        jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                          float(os.environ.get("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", 1)))
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes",
+                          int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_rnnjax_jax_cache", None)
+    if cache:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
 @pytest.fixture
