@@ -29,7 +29,7 @@ attention is the only mixer off the chance plateau after 400 steps, 0.184 accura
 64 and 0.033 at width 32 (chance 0.0078), and still rising; every recurrent family measured
 stays at chance (0.004-0.011) at both widths, so at this budget the ordering attention >
 recurrent reproduces but "attention solves it" and the matrix- vs vector-state split do
-not. Gated DeltaNet's quick trials hung (see the doc).
+not. Gated DeltaNet (measured after a deadlock fix, see the doc) is at chance too.
 """
 
 from rnnjax.configlib import parse_arg
