@@ -11,6 +11,9 @@
 Each: the layer (sequence form, ragged lengths, given initial carry) equals the numpy loop;
 the step form equals the sequence form; float64 finite differences check the gradients.
 Parameters are random (gains, peepholes and ``u`` away from their initial values).
+
+``make_rnn``'s ``layer_kwargs`` reach each layer's cell (each layer run alone is the
+reference).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from rnnjax.nn import Recurrent, make_cell
+from rnnjax.nn import Recurrent, make_cell, make_rnn
 
 B, T, E, H = 3, 5, 2, 4
 LENGTHS = np.array([5, 2, 4])
@@ -198,3 +201,21 @@ def test_no_fused_loop_is_said(name):
     kw = {"proj_size": 2} if name == "lstmp" else {}
     with pytest.raises(ValueError, match="impl='fused' cannot apply"):
         make_cell(name, E, H, rngs=nnx.Rngs(0), impl="fused", **kw)
+
+
+def test_make_rnn_layer_kwargs_reach_each_layers_cell():
+    kw = {"activation": "relu", "u_max": 1.5, "kernel_std": 0.3}
+    per = ({"u_init": (0.0, 0.1)}, {"u_init": (1.2, 1.4), "activation": "identity"})
+    stack = make_rnn("indrnn", E, H, num_layers=2, layer_kwargs=per, rngs=nnx.Rngs(0), **kw)
+    first, second = (layer.cell for layer in stack.layers)
+    assert first.activation == "relu" and second.activation == "identity"
+    assert first.u_max == second.u_max == 1.5  # the shared options reach both layers
+    assert np.all((np.asarray(first.u[...]) >= 0.0) & (np.asarray(first.u[...]) <= 0.1))
+    assert np.all((np.asarray(second.u[...]) >= 1.2) & (np.asarray(second.u[...]) <= 1.4))
+    # The stack is its layers: layer 1 alone, fed layer 0's outputs, gives the same numbers.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, E)), jnp.float32)
+    y0 = stack.layers[0](x)
+    np.testing.assert_array_equal(np.asarray(stack(x)), np.asarray(stack.layers[1](y0)))
+    for bad in ({"u_init": (0.0, 1.0)}, [{}]):
+        with pytest.raises(ValueError, match=r"layer_kwargs needs one dict per layer \(2\)"):
+            make_rnn("indrnn", E, H, num_layers=2, layer_kwargs=bad, rngs=nnx.Rngs(0))
