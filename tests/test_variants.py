@@ -12,8 +12,10 @@ Each: the layer (sequence form, ragged lengths, given initial carry) equals the 
 the step form equals the sequence form; float64 finite differences check the gradients.
 Parameters are random (gains, peepholes and ``u`` away from their initial values).
 
-``make_rnn``'s ``layer_kwargs`` reach each layer's cell (each layer run alone is the
-reference).
+IndRNN on the adding problem (``configs/adding.py:T=1000,indrnn``): ``make_rnn``'s
+``layer_kwargs`` reach each layer's cell (a one-layer stack run alone is the reference), the
+config draws the authors' per-layer ``u`` ranges and trains (smoke); tests/test_reproduce.py
+reruns the documented T=1000 reproduction (docs/cells/lstm_variants.md).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import config, results, train
 from flax import nnx
 
 from rnnjax.nn import Recurrent, make_cell, make_rnn
+from rnnjax.tasks.base import get_task
 
 B, T, E, H = 3, 5, 2, 4
 LENGTHS = np.array([5, 2, 4])
@@ -219,3 +223,22 @@ def test_make_rnn_layer_kwargs_reach_each_layers_cell():
     for bad in ({"u_init": (0.0, 1.0)}, [{}]):
         with pytest.raises(ValueError, match=r"layer_kwargs needs one dict per layer \(2\)"):
             make_rnn("indrnn", E, H, num_layers=2, layer_kwargs=bad, rngs=nnx.Rngs(0))
+
+
+def test_adding_indrnn_variant_draws_the_authors_recurrent_weights():
+    cfg = config("adding.py:T=1000,indrnn")
+    assert (cfg.model.cell, cfg.model.num_layers, cfg.model.hidden) == ("indrnn", 2, 128)
+    model = get_task(cfg.task)(cfg, None).build_model(nnx.Rngs(params=0, dropout=1))
+    first, second = (layer.cell for layer in model.encoder.layers)
+    u_max = 2.0 ** (1 / 1000)
+    assert first.u_max == second.u_max == pytest.approx(u_max)
+    u1, u2 = np.asarray(first.u[...]), np.asarray(second.u[...])
+    assert u1.min() >= 0 and u1.max() <= u_max and u1.mean() < 0.7  # mostly short memories
+    assert u2.min() >= 2.0 ** (-1 / 1000) and u2.max() <= u_max  # all longer than T
+    assert np.std(np.asarray(first.w_ih[...])) == pytest.approx(0.001, rel=0.2)
+
+
+def test_adding_indrnn_smoke_trains(tmp_path):
+    res = train(config("adding.py:T=50,indrnn,smoke"), tmp_path / "run")
+    assert np.isfinite(res["mse"])
+    assert results(tmp_path / "run")["status"] == "done"
