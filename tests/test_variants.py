@@ -11,6 +11,11 @@
 Each: the layer (sequence form, ragged lengths, given initial carry) equals the numpy loop;
 the step form equals the sequence form; float64 finite differences check the gradients.
 Parameters are random (gains, peepholes and ``u`` away from their initial values).
+
+IndRNN on the adding problem (``configs/adding.py:T=1000,indrnn``): ``make_rnn``'s
+``layer_kwargs`` reach each layer's cell (a one-layer stack run alone is the reference), the
+config draws the authors' per-layer ``u`` ranges and trains (smoke); tests/test_reproduce.py
+reruns the documented T=1000 reproduction (docs/cells/lstm_variants.md).
 """
 
 from __future__ import annotations
@@ -19,9 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from _helpers import config, results, train
 from flax import nnx
 
-from rnnjax.nn import Recurrent, make_cell
+from rnnjax.nn import Recurrent, make_cell, make_rnn
+from rnnjax.tasks.base import get_task
 
 B, T, E, H = 3, 5, 2, 4
 LENGTHS = np.array([5, 2, 4])
@@ -198,3 +205,40 @@ def test_no_fused_loop_is_said(name):
     kw = {"proj_size": 2} if name == "lstmp" else {}
     with pytest.raises(ValueError, match="impl='fused' cannot apply"):
         make_cell(name, E, H, rngs=nnx.Rngs(0), impl="fused", **kw)
+
+
+def test_make_rnn_layer_kwargs_reach_each_layers_cell():
+    kw = {"activation": "relu", "u_max": 1.5, "kernel_std": 0.3}
+    per = ({"u_init": (0.0, 0.1)}, {"u_init": (1.2, 1.4), "activation": "identity"})
+    stack = make_rnn("indrnn", E, H, num_layers=2, layer_kwargs=per, rngs=nnx.Rngs(0), **kw)
+    first, second = (layer.cell for layer in stack.layers)
+    assert first.activation == "relu" and second.activation == "identity"
+    assert first.u_max == second.u_max == 1.5  # the shared options reach both layers
+    assert np.all((np.asarray(first.u[...]) >= 0.0) & (np.asarray(first.u[...]) <= 0.1))
+    assert np.all((np.asarray(second.u[...]) >= 1.2) & (np.asarray(second.u[...]) <= 1.4))
+    # The stack is its layers: layer 1 alone, fed layer 0's outputs, gives the same numbers.
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(B, T, E)), jnp.float32)
+    y0 = stack.layers[0](x)
+    np.testing.assert_array_equal(np.asarray(stack(x)), np.asarray(stack.layers[1](y0)))
+    for bad in ({"u_init": (0.0, 1.0)}, [{}]):
+        with pytest.raises(ValueError, match=r"layer_kwargs needs one dict per layer \(2\)"):
+            make_rnn("indrnn", E, H, num_layers=2, layer_kwargs=bad, rngs=nnx.Rngs(0))
+
+
+def test_adding_indrnn_variant_draws_the_authors_recurrent_weights():
+    cfg = config("adding.py:T=1000,indrnn")
+    assert (cfg.model.cell, cfg.model.num_layers, cfg.model.hidden) == ("indrnn", 2, 128)
+    model = get_task(cfg.task)(cfg, None).build_model(nnx.Rngs(params=0, dropout=1))
+    first, second = (layer.cell for layer in model.encoder.layers)
+    u_max = 2.0 ** (1 / 1000)
+    assert first.u_max == second.u_max == pytest.approx(u_max)
+    u1, u2 = np.asarray(first.u[...]), np.asarray(second.u[...])
+    assert u1.min() >= 0 and u1.max() <= u_max and u1.mean() < 0.7  # mostly short memories
+    assert u2.min() >= 2.0 ** (-1 / 1000) and u2.max() <= u_max  # all longer than T
+    assert np.std(np.asarray(first.w_ih[...])) == pytest.approx(0.001, rel=0.2)
+
+
+def test_adding_indrnn_smoke_trains(tmp_path):
+    res = train(config("adding.py:T=50,indrnn,smoke"), tmp_path / "run")
+    assert np.isfinite(res["mse"])
+    assert results(tmp_path / "run")["status"] == "done"

@@ -35,8 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -398,6 +399,7 @@ def make_rnn(
     time_major: bool = False,
     unroll: int = 1,
     learn_initial_carry: bool = False,
+    layer_kwargs: Sequence[Mapping[str, Any]] | None = None,
     rngs: nnx.Rngs,
     **cell_kwargs,
 ) -> StackedRecurrent:
@@ -410,14 +412,27 @@ def make_rnn(
     ``"locked"``) is :class:`StackedRecurrent`'s; a model that passes its
     ``model.cell_kwargs`` here lets a config set it there too
     (``--config.model.cell_kwargs.dropout_mode=locked``).
+
+    ``layer_kwargs``: one dict per layer, merged over ``cell_kwargs`` for that layer's
+    cell(s), for options that differ with depth (IndRNN on the adding problem initialises
+    its first layer's recurrent weights in ``(0, 1)`` and its last layer's near 1:
+    ``layer_kwargs=({"u_init": (0.0, 1.0)}, {})``). Like ``dropout_mode`` it can come in
+    through ``model.cell_kwargs``.
     """
     if num_layers < 1:
         raise ValueError(f"make_rnn: num_layers must be >= 1, got {num_layers}")
+    if layer_kwargs is None:
+        layer_kwargs = [{}] * num_layers
+    elif isinstance(layer_kwargs, Mapping) or len(layer_kwargs) != num_layers:
+        raise ValueError(f"make_rnn: layer_kwargs needs one dict per layer ({num_layers}), got "
+                         f"{layer_kwargs!r}; use {{}} for a layer that takes cell_kwargs as is")
     layers: list[Recurrent | Bidirectional] = []
     size = in_features
-    for _ in range(num_layers):
-        def one(reverse, size=size):
-            return Recurrent(make_cell(cell, size, hidden_features, rngs=rngs, **cell_kwargs),
+    for overrides in layer_kwargs:
+        kw = {**cell_kwargs, **dict(overrides)}
+
+        def one(reverse, size=size, kw=kw):
+            return Recurrent(make_cell(cell, size, hidden_features, rngs=rngs, **kw),
                              reverse=reverse, time_major=time_major, unroll=unroll,
                              learn_initial_carry=learn_initial_carry)
         layer = Bidirectional(one(False), one(True), merge=merge) if bidirectional else one(False)
