@@ -124,10 +124,16 @@ def crash_at_step(monkeypatch, task_cls, step):
 
 
 def env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess: CPU, unbuffered, no inherited XLA flags but the
+    test run's backend optimisation level (tests/conftest.py), plus ``extra``."""
     e = dict(os.environ)
     e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    e.pop("XLA_FLAGS", None)
+    keep = [f for f in e.pop("XLA_FLAGS", "").split()
+            if f.startswith("--xla_backend_optimization_level=")]
     e.update(extra)
+    flags = " ".join([*e.get("XLA_FLAGS", "").split(), *keep])
+    if flags:
+        e["XLA_FLAGS"] = flags
     return e
 
 

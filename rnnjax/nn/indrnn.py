@@ -7,8 +7,10 @@ uses ``u_max = 2^(1/T)`` for ReLU, so that ``|u|^T <= 2``).
 
 The constraint is a clip in the forward pass, ``u_eff = clip(u, -u_max, u_max)``, rather than
 the paper's projection after each optimiser step: the cell then needs nothing from the
-trainer. A weight beyond the bound gets no gradient (the clip's slope is 0 there), as a
-projected weight would stay on the bound; ``u_eff`` is what the cell computes with and what
+trainer. The two differ past the bound: a projected weight sits on it and moves back inside
+as soon as its gradient points inward, while a clipped one gets no gradient at all (the
+clip's slope is 0 there) and stays out, computing with ``u_max`` until weight decay, if
+any, brings it back. ``u_eff`` is what the cell computes with and what
 :meth:`IndRNNCell.recurrent_matrices` reports.
 
 Time loops: with ``activation="identity"`` the recurrence is linear,
