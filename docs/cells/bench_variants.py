@@ -1,8 +1,9 @@
-"""Median-of-10 training-step times for docs/cells/lstm_variants.md (issue 13).
+"""Median (and minimum) of 10 training-step times for docs/cells/lstm_variants.md (issue 13).
 
 Run from the repository root: ``PYTHONPATH=$PWD python docs/cells/bench_variants.py zoneout``
 (LSTM with and without zoneout, B=32, T=64, E=64, H=128) or ``... resets`` (LSTM and GRU
-with and without packed-segment resets, B=32, T=128, E=64, H=128). The variants are timed
+with and without packed-segment resets, B=32, T=128, E=64, H=128); a second argument sets
+the number of rounds (default 10). The variants are timed
 interleaved, so that a change of machine load hits them alike.
 """
 
@@ -44,15 +45,16 @@ def bench(fns, reps=10):
             t0 = time.perf_counter()
             jax.block_until_ready(f(p, r))
             times[k].append(time.perf_counter() - t0)
-    return {k: float(np.median(v)) * 1e3 for k, v in times.items()}
+    return {k: (float(np.median(v)) * 1e3, float(np.min(v)) * 1e3) for k, v in times.items()}
 
 which = sys.argv[1]
+reps = int(sys.argv[2]) if len(sys.argv) > 2 else 10
 if which == "zoneout":
-    res = bench({"lstm": step_fn("lstm", 32, 64, 64, 128, False),
+    res = bench(reps=reps, fns={"lstm": step_fn("lstm", 32, 64, 64, 128, False),
                  "lstm+zoneout0.1": step_fn("lstm", 32, 64, 64, 128, False, zoneout=0.1),
                  "lstm impl=scan": step_fn("lstm", 32, 64, 64, 128, False, impl="scan")})
 else:
-    res = bench({f"{c}{'+resets' if r else ''}": step_fn(c, 32, 128, 64, 128, r)
-                 for c in ("lstm", "gru") for r in (False, True)})
-for k, v in res.items():
-    print(f"{k:20s} {v:8.2f} ms")
+    res = bench(reps=reps, fns={f"{c}{'+resets' if r else ''}": step_fn(c, 32, 128, 64, 128, r)
+                                for c in ("lstm", "gru") for r in (False, True)})
+for k, (med, best) in res.items():
+    print(f"{k:20s} median {med:8.2f} ms   min {best:8.2f} ms")
