@@ -221,6 +221,15 @@ def test_non_finite_loss_names_the_step_and_keeps_the_last_good_checkpoint(tmp_p
     assert not (tmp_path / "results.json").exists()
 
 
+def test_divergence_before_any_checkpoint_says_so(tmp_path):
+    cfg = config("adding.py:smoke", "optim.lr=1e39", "train.checkpoint_every=100",
+                 optim__clip="none", optim__schedule="constant")
+    with pytest.raises(NonFiniteLossError, match="No checkpoint was saved before it") as e:
+        train(cfg, tmp_path)
+    assert "None" not in str(e.value)
+    assert "non-finite" in json.loads((tmp_path / "failed.json").read_text())["error"]
+
+
 def test_non_finite_params_are_not_checkpointed(tmp_path):
     # lr = 1e39 is inf in float32: the first update makes the params inf/nan while the
     # first loss (from the initial params) is finite.

@@ -556,8 +556,9 @@ def _train(configs, workdirs: list[Workdir], *, progress, hooks) -> list[dict | 
             "non-finite parameters after the update"
         good = m.ckpt.latest_step()
         who = f" (vmapped member {m.index}, seed {m.config.seed})" if vmapped else ""
-        m.failed = (f"{what} at step {step}{who}. The last good checkpoint (step {good}) in "
-                    f"{m.workdir.checkpoint_dir} is kept. Lower optim.lr, enable optim.clip, "
+        kept = (f"The last good checkpoint (step {good}) in {m.workdir.checkpoint_dir} is kept"
+                if good is not None else "No checkpoint was saved before it")
+        m.failed = (f"{what} at step {step}{who}. {kept}. Lower optim.lr, enable optim.clip, "
                     f"or check the data.")
         if main:
             m.workdir.record_failure(m.failed, step=step, kind="non_finite",
