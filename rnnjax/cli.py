@@ -1,7 +1,7 @@
 """The ``rnnjax`` command line: argument parsing only; each command calls one library function.
 
     rnnjax train [--config configs/x.py[:arg]] [--config.k=v ...] [--workdir runs/x]
-    rnnjax eval --workdir runs/x [--checkpoint best|latest]
+    rnnjax eval --workdir runs/x [--checkpoint best|latest] [--config.decode.beam_size=8 ...]
     rnnjax sample --workdir runs/x [--prime TEXT] [--length N] [--temperature T]
                   [--top-k K] [--top-p P]
     rnnjax decode --workdir runs/x --strategy greedy|beam|sample [--beam-size K] --input "12+345"
@@ -120,13 +120,23 @@ def cmd_train(argv):
 
 @command
 def cmd_eval(argv):
-    p = argparse.ArgumentParser(prog="rnnjax eval", description="Evaluate a trained workdir.")
+    p = argparse.ArgumentParser(
+        prog="rnnjax eval", description="Evaluate a trained workdir. --config.KEY=VALUE "
+        "changes an evaluation setting (decode.beam_size, decode.length_penalty, "
+        "decode.alpha, train.eval_batch_size, train.eval_batches); the weights are the "
+        "trained ones, so any other key is an error.")
     p.add_argument("--workdir", required=True)
     p.add_argument("--checkpoint", choices=["best", "latest"], default="best")
+    p.add_argument("--record", action="store_true",
+                   help="also write the result (or the error) to <workdir>/evals/<name>.json, "
+                        "named by the checkpoint and the overrides (what a sweep's eval_grid "
+                        "runs and `rnnjax report` reads)")
+    argv, overrides = _split_config_overrides(argv)
     args = p.parse_args(argv)
     from rnnjax.inference import run_eval
 
-    print(json.dumps(_printable(run_eval(args.workdir, args.checkpoint)), indent=2))
+    print(json.dumps(_printable(run_eval(args.workdir, args.checkpoint, overrides,
+                                         record=args.record)), indent=2))
 
 
 @command

@@ -96,6 +96,32 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+
+#: Config keys that change only how a trained run is evaluated, never its weights: the
+#: decoder's settings (``decode.*``: beam size, length penalty and alpha, read by the
+#: seq2seq task's eval step alone) and the eval set's batching and size. ``rnnjax eval``
+#: takes overrides of these and nothing else, and a sweep's ``eval_grid`` axes must be
+#: among them (both through :func:`check_eval_only`). A section name covers its keys.
+EVAL_ONLY_KEYS = ("decode", "train.eval_batch_size", "train.eval_batches")
+
+
+def is_eval_only(key: str) -> bool:
+    """True if the dotted config ``key`` changes only evaluation (:data:`EVAL_ONLY_KEYS`)."""
+    return any(key == k or key.startswith(k + ".") for k in EVAL_ONLY_KEYS)
+
+
+def check_eval_only(keys, where: str, fix: str) -> None:
+    """Raises ValueError naming the ``keys`` that would change training, not only evaluation.
+
+    ``where`` says what was given (``"rnnjax eval --config.KEY"``), ``fix`` what to do
+    instead; the message lists the keys that are evaluation-only.
+    """
+    bad = [k for k in keys if not is_eval_only(str(k))]
+    if bad:
+        known = ", ".join(k if "." in k else f"{k}.*" for k in EVAL_ONLY_KEYS)
+        raise ValueError(f"{where}: {', '.join(map(repr, bad))} would change the trained run, "
+                         f"not only its evaluation (evaluation-only keys: {known}). {fix}")
+
 def smoke(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """Shrinks a config to a CI-sized run: a few steps of a tiny model."""
     c.model.hidden = min(c.model.hidden, 16)

@@ -4,8 +4,10 @@ the text front-ends that sample and decode with it.
 ``load_for_inference(workdir)`` reads the run's config, builds the task and the model
 as training did, and restores the ``best`` or ``latest`` checkpoint's weights, those
 training evaluated (with NT-ASGD the average of the iterates, which the checkpoint holds
-in its optimiser state); ``run_eval`` evaluates them on the task's eval set. The command
-line's ``eval``, ``sample``, ``decode`` and ``diagnose`` start here:
+in its optimiser state); ``run_eval`` evaluates them on the task's eval set, optionally
+with evaluation settings changed (``decode.*``: beam size, length penalty) and recorded
+in the workdir's ``evals/``. The command line's ``eval``, ``sample``, ``decode`` and
+``diagnose`` start here:
 
 * :func:`sample_text` (``rnnjax sample``): continuations of a prime from a language
   model, through :func:`rnnjax.decoding.sample_decode` over ``TokenModel.step``;
@@ -24,6 +26,8 @@ directory through :mod:`rnnjax.train.workdir` and evaluates with the pure steps 
 from __future__ import annotations
 
 import logging
+import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ import numpy as np
 from flax import nnx
 
 from rnnjax import decoding
+from rnnjax.config_schema import check_eval_only, validate
+from rnnjax.configlib import apply_overrides
 from rnnjax.data.text import BOS_ID, EOS_ID, PAD_ID
 from rnnjax.tasks.base import build
 from rnnjax.tasks.lm import NEVER_SAMPLED
@@ -42,18 +48,31 @@ from rnnjax.train.workdir import Workdir
 log = logging.getLogger(__name__)
 
 
-def load_for_inference(workdir: str | Path, which: str = "best"):
+def load_for_inference(workdir: str | Path, which: str = "best",
+                       overrides: Sequence[str] = ()):
     """Rebuilds the model of a workdir and restores the ``best`` or ``latest`` weights.
 
     The weights are those training evaluated (:meth:`Workdir.restore_params`): with
     NT-ASGD the average of the iterates, restored from the checkpoint's optimiser state,
-    else the checkpoint's params. Returns ``(config, task, model, step)`` with the model
-    in eval mode and the checkpoint's step.
+    else the checkpoint's params. ``overrides`` (``k=v`` strings) change the run's config
+    before the task is built; they may only touch evaluation settings
+    (:data:`rnnjax.config_schema.EVAL_ONLY_KEYS`: the decoder, the eval batches), since
+    the weights stay those that were trained. Returns ``(config, task, model, step)``
+    with the model in eval mode and the checkpoint's step.
     """
     if which not in ("best", "latest"):
         raise ValueError(f"checkpoint must be 'best' or 'latest', got {which!r}")
     wd = Workdir(workdir)
     config = wd.read_config()
+    if overrides:
+        check_eval_only([str(o).partition("=")[0].strip() for o in overrides],
+                        "rnnjax eval --config.KEY",
+                        "Evaluation restores the trained weights, so only evaluation "
+                        "settings can change; train another run with that value (rnnjax "
+                        "train --config.KEY=VALUE, or a sweep's grid).")
+        config.lock()
+        apply_overrides(config, list(overrides))
+        validate(config)
     task, model = build(config, wd.path)
     model.eval()
     graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
@@ -63,14 +82,43 @@ def load_for_inference(workdir: str | Path, which: str = "best"):
     return config, task, model, step
 
 
-def run_eval(workdir: str | Path, which: str = "best") -> dict:
-    """Evaluates a trained workdir on its task's eval set; returns the metrics."""
-    config, task, model, step = load_for_inference(workdir, which)
-    graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
-    eval_step = jax.jit(make_eval_step(task, graphdef, rng_state, consts))
-    metrics = evaluate(task, eval_step, params, task.eval_batches(config.train.eval_batch_size),
-                       lambda b: {k: jnp.asarray(v) for k, v in b.items()})
+def run_eval(workdir: str | Path, which: str = "best", overrides: Sequence[str] = (), *,
+             record: bool = False) -> dict:
+    """Evaluates a trained workdir on its task's eval set; returns the metrics.
+
+    ``overrides`` change evaluation settings only (see :func:`load_for_inference`), e.g.
+    ``["decode.beam_size=8", "decode.length_penalty=none"]``. With ``record`` the result
+    is also written to ``<workdir>/evals/<name>.json`` (:meth:`Workdir.eval_name` of
+    ``which`` and the overrides, :meth:`Workdir.write_eval`), and an error is recorded
+    there before it is raised: a sweep's ``eval_grid`` runs this, through ``rnnjax eval
+    --record``, once per combination.
+    """
+    wd = Workdir(workdir)
+    name = wd.eval_name(which, overrides) if record else None
+    try:
+        config, task, model, step = load_for_inference(workdir, which, overrides)
+        graphdef, params, rng_state, consts = nnx.split(model, nnx.Param, nnx.RngState, ...)
+        eval_step = jax.jit(make_eval_step(task, graphdef, rng_state, consts))
+        metrics = evaluate(task, eval_step, params,
+                           task.eval_batches(config.train.eval_batch_size),
+                           lambda b: {k: jnp.asarray(v) for k, v in b.items()})
+    except Exception as e:
+        if record and wd.has_config():
+            wd.record_eval_failure(name, f"{type(e).__name__}: {e}",
+                                   traceback=traceback.format_exc(), checkpoint=which,
+                                   override_args=list(overrides))
+        raise
     metrics["checkpoint_step"] = step
+    if record:
+        applied = {}
+        for item in overrides:
+            key = str(item).partition("=")[0].strip()
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            applied[key] = node.to_dict() if hasattr(node, "to_dict") else node
+        wd.write_eval(name, checkpoint=which, checkpoint_step=step, overrides=applied,
+                      eval_metrics=metrics, override_args=list(overrides))
     return metrics
 
 

@@ -7,6 +7,9 @@ without rerunning it::
     metrics.jsonl    one JSON row per logged step: {"step", "split", "time", ...}
     results.json     {"status": "done", "step", "best_step", "eval": {...}, ...}
     failed.json      {"time", "error", "traceback", ...}: why the last attempt failed
+    evals/<name>.json  one record per evaluation with overrides (``rnnjax eval --record``,
+                     a sweep's ``eval_grid``): {"status", "checkpoint", "overrides",
+                     "eval", ...}, or {"status": "failed", "error", ...}
     checkpoints/     Orbax checkpoints: the last N and the best by the task's metric
     tb/              TensorBoard events
     plots/           PNG curves
@@ -24,11 +27,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import fcntl
+import hashlib
 import json
 import os
+import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +101,7 @@ class Workdir:
     STDOUT = "stdout.log"
     STDERR = "stderr.log"
     DIAGNOSTICS = "diagnostics.json"
+    EVALS = "evals"
     LOCK = ".lock"
 
     def __init__(self, path: str | Path):
@@ -138,6 +144,10 @@ class Workdir:
     @property
     def plots_dir(self) -> Path:
         return self.path / self.PLOTS
+
+    @property
+    def evals_dir(self) -> Path:
+        return self.path / self.EVALS
 
     @property
     def stdout_path(self) -> Path:
@@ -288,6 +298,81 @@ class Workdir:
         if self.config_path.exists():
             return "started"
         return "pending"
+
+    # evaluation records ---------------------------------------------------------------
+    @staticmethod
+    def eval_name(checkpoint: str, overrides: Sequence[str]) -> str:
+        """The record name of an evaluation of ``checkpoint`` with ``overrides`` (``k=v``
+        strings): readable, and ending in a hash of both, e.g.
+        ``latest-decode.beam_size=4-5c0f1e2a``.
+
+        The name is a function of the strings as given (spaces around ``=`` and the order
+        of the keys aside): a sweep, which never loads a config, finds the record of each
+        evaluation it ran by naming it again. ``=4`` and ``=4.0`` name two records.
+        """
+        pairs: dict[str, str] = {}
+        for item in overrides:
+            key, eq, value = str(item).partition("=")
+            if not eq:
+                raise ValueError(f"override {item!r} must look like key=value, e.g. "
+                                 f"decode.beam_size=4")
+            pairs[key.strip()] = value.strip()
+        pairs = dict(sorted(pairs.items()))
+        digest = hashlib.sha1(json.dumps({"checkpoint": checkpoint, "overrides": pairs},
+                                         sort_keys=True).encode()).hexdigest()[:8]
+        # Quotes (a string that would parse as another literal: 'none') are left out of
+        # the readable part; the hash keeps them apart.
+        readable = re.sub(r"[^A-Za-z0-9._=,+-]+", "_", ",".join(
+            f"{k}={v.strip(chr(39) + chr(34))}" for k, v in pairs.items()))[:120]
+        return "-".join(p for p in (checkpoint, readable, digest) if p)
+
+    def eval_path(self, name: str) -> Path:
+        return self.evals_dir / f"{name}.json"
+
+    def read_eval(self, name: str) -> dict | None:
+        try:
+            return json.loads(self.eval_path(name).read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return None
+
+    def write_eval(self, name: str, *, checkpoint: str, checkpoint_step: int,
+                   overrides: dict, eval_metrics: dict, **extra: Any) -> dict:
+        """Writes the record ``evals/<name>.json`` with status ``done``.
+
+        ``trained_step`` is the step ``results.json`` stood at (None: not finished), so a
+        record of a run trained further since is seen as out of date (:meth:`eval_status`).
+        """
+        record = {"status": "done", "time": time.time(), "checkpoint": checkpoint,
+                  "checkpoint_step": int(checkpoint_step), "trained_step": self._trained_step(),
+                  "overrides": dict(overrides), "eval": dict(eval_metrics), **extra}
+        self.evals_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.eval_path(name),
+                          json.dumps(record, indent=2, default=json_default))
+        return record
+
+    def record_eval_failure(self, name: str, error: str, *, traceback: str | None = None,
+                            **fields: Any) -> dict:
+        """Writes the record ``evals/<name>.json`` with status ``failed``: ``error`` is one
+        line, ``fields`` add context (a return code, the stderr tail)."""
+        info = {"status": "failed", "time": time.time(), "error": error,
+                "traceback": traceback, "trained_step": self._trained_step(), **fields}
+        self.evals_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.eval_path(name), json.dumps(info, indent=2, default=json_default))
+        return info
+
+    def eval_status(self, name: str) -> str:
+        """``done`` | ``failed`` | ``pending`` (no record, or one made before the run was
+        trained to the step ``results.json`` now reports)."""
+        record = self.read_eval(name)
+        if record is None or record.get("trained_step") != self._trained_step():
+            return "pending"
+        return "done" if record.get("status") == "done" else "failed"
+
+    def _trained_step(self) -> int | None:
+        results = self.read_results()
+        if results is None or results.get("status") != "done":
+            return None
+        return int(results["step"])
 
     # metrics ------------------------------------------------------------------------
     def truncate_metrics(self, after_step: int) -> None:
