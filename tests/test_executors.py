@@ -120,6 +120,39 @@ def test_sweep_json_is_rewritten_at_most_every_interval(tmp_path):
     assert json.loads((tmp_path / "sweep.json").read_text())["counts"] == {"done": 50}
 
 
+def _py(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.subprocess
+def test_a_jobs_follow_up_commands_run_after_it_in_order_each_whatever_the_others_return(
+        tmp_path):
+    """A trial's evaluations (``Job.then``) run after its training, in the same job,
+    with their own return codes; none runs when the training failed or time ran out."""
+    from rnnjax.sweeps.executors import Job, run_job
+
+    out, err = tmp_path / "out.log", tmp_path / "err.log"
+    write = "import sys; open(sys.argv[1], 'a').write(sys.argv[2]); sys.exit(int(sys.argv[3]))"
+    trace = tmp_path / "trace"
+    then = [[*_py(write), str(trace), tag, rc] for tag, rc in (("a", "0"), ("b", "3"),
+                                                               ("c", "0"))]
+    ok = run_job(Job("k", [*_py(write), str(trace), "T", "0"], out, err, then=then))
+    assert (ok.returncode, ok.then_returncodes, trace.read_text()) == (0, [0, 3, 0], "Tabc")
+    assert err.read_text().count("[rnnjax sweep]") == 3  # each follow-up named in the log
+    trace.unlink()
+    bad = run_job(Job("k", [*_py(write), str(trace), "T", "1"], out, err, then=then))
+    assert (bad.returncode, bad.then_returncodes, trace.read_text()) == (1, [None] * 3, "T")
+    # One timeout for the whole job: the follow-up that runs past it is stopped, the
+    # rest never start.
+    trace.unlink()
+    slow = [*_py("import time; time.sleep(30)")]
+    late = run_job(Job("k", [*_py(write), str(trace), "T", "0"], out, err, timeout=5,
+                       then=[slow, then[0]]))
+    assert late.returncode == 0 and late.timed_out
+    assert late.then_returncodes[0] != 0 and late.then_returncodes[1] is None
+    assert trace.read_text() == "T"
+
+
 # ---------------------------------------------------------------------------
 # Ray: one local instance for the module.
 # ---------------------------------------------------------------------------

@@ -1,9 +1,11 @@
 """Executors: where a sweep's ``rnnjax train`` processes run. One interface, three engines.
 
 A sweep hands an executor :class:`Job` s: one ``rnnjax train`` command line (one trial,
-or a vmapped seed group) with the paths its output goes to. The executor runs each
-command as a subprocess *somewhere* and gives back an :class:`Outcome` (return code,
-timed out, pruned) through a ``concurrent.futures.Future``. Everything else a sweep
+or a vmapped seed group) with the paths its output goes to, and the ``rnnjax eval``
+command lines that follow it when the study has an eval grid. The executor runs the
+commands one after another as subprocesses *somewhere* (so a trial's evaluations run
+in its job, where it trained) and gives back an :class:`Outcome` (return codes, timed
+out, pruned) through a ``concurrent.futures.Future``. Everything else a sweep
 guarantees (hashed workdirs, skipping done trials, resuming started ones, failure
 records with stderr, ``sweep.json``) is the runner's, from the run directories, and so
 is the same on every engine:
@@ -55,24 +57,36 @@ class Monitor(Protocol):
 
 @dataclasses.dataclass
 class Job:
-    """One ``rnnjax train`` process: a trial or a vmapped group of trials."""
+    """One ``rnnjax train`` process (a trial or a vmapped group of trials), then ``then``.
+
+    ``then`` (a trial's ``rnnjax eval --record`` commands) runs only after ``command``
+    exited 0, one after another, each whatever the others return (each records its own
+    result); they write to the same ``stdout``/``stderr`` and share the job's ``timeout``.
+    """
 
     key: str  # unique in the sweep: the (first) trial's name
     command: list[str]
     stdout: Path
     stderr: Path
-    timeout: float | None = None  # seconds, then SIGTERM (the trainer checkpoints)
-    monitor: Monitor | None = None
+    timeout: float | None = None  # seconds for the whole job, then SIGTERM (the trainer
+    # checkpoints)
+    monitor: Monitor | None = None  # watches ``command`` only
+    then: list[list[str]] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
 class Outcome:
-    """How a job ended. ``returncode`` None: it never started (the sweep was stopping)."""
+    """How a job ended. ``returncode`` None: it never started (the sweep was stopping).
+
+    ``then_returncodes``: one per ``Job.then`` command, None where it did not run (the
+    training failed, the job timed out or the sweep was stopping first).
+    """
 
     returncode: int | None
     timed_out: bool = False
     pruned: bool = False  # its monitor stopped it
     note: str | None = None  # the engine's own error (could not start, worker lost)
+    then_returncodes: list[int | None] = dataclasses.field(default_factory=list)
 
 
 def require(module: str, what: str):
@@ -107,42 +121,65 @@ class _Procs:
         self.stopping = False
 
     def run(self, job: Job) -> Outcome:
+        deadline = None if job.timeout is None else time.monotonic() + job.timeout
         with open(job.stdout, "ab") as fo, open(job.stderr, "ab") as fe:
+            ran = self._one(job.command, fo, fe, deadline, job.monitor)
+            if ran is None:
+                return Outcome(None)
+            rc, timed_out, pruned = ran
+            then: list[int | None] = []
+            for command in job.then:
+                if rc != 0 or timed_out or pruned:
+                    then.append(None)
+                    continue
+                # Output of each follow-up starts on a line that names it.
+                fe.write(f"\n[rnnjax sweep] {' '.join(command[2:])}\n".encode())
+                fe.flush()
+                ran = self._one(command, fo, fe, deadline, None)
+                if ran is None:
+                    then.append(None)
+                    continue
+                then.append(ran[0])
+                timed_out = ran[1]
+        return Outcome(rc, timed_out=timed_out, pruned=pruned, then_returncodes=then)
+
+    def _one(self, command: list[str], fo, fe, deadline: float | None,
+             monitor: Monitor | None) -> tuple[int, bool, bool] | None:
+        """Runs one command to its end: ``(returncode, timed out, pruned)``; None if the
+        executor was stopping before it started."""
+        with self.lock:
+            if self.stopping:
+                return None
+            proc = subprocess.Popen(command, stdout=fo, stderr=fe, stdin=subprocess.DEVNULL)
+            self.live.add(proc)
+        timed_out = pruned = False
+        try:
+            while True:
+                wait = POLL_S if monitor is not None else None
+                if deadline is not None:
+                    left = max(deadline - time.monotonic(), 0.0)
+                    wait = left if wait is None else min(wait, left)
+                try:
+                    proc.wait(timeout=wait)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if deadline is not None and time.monotonic() >= deadline:
+                    timed_out = True
+                    _stop(proc)
+                    break
+                if monitor is not None and monitor.should_stop():
+                    pruned = True
+                    _stop(proc)
+                    break
+        except BaseException:
+            # Ctrl-C here, or a Ray/submitit cancel: the child checkpoints and stops.
+            _stop(proc)
+            raise
+        finally:
             with self.lock:
-                if self.stopping:
-                    return Outcome(None)
-                proc = subprocess.Popen(job.command, stdout=fo, stderr=fe,
-                                        stdin=subprocess.DEVNULL)
-                self.live.add(proc)
-            timed_out = pruned = False
-            deadline = None if job.timeout is None else time.monotonic() + job.timeout
-            try:
-                while True:
-                    wait = POLL_S if job.monitor is not None else None
-                    if deadline is not None:
-                        left = max(deadline - time.monotonic(), 0.0)
-                        wait = left if wait is None else min(wait, left)
-                    try:
-                        proc.wait(timeout=wait)
-                        break
-                    except subprocess.TimeoutExpired:
-                        pass
-                    if deadline is not None and time.monotonic() >= deadline:
-                        timed_out = True
-                        _stop(proc)
-                        break
-                    if job.monitor is not None and job.monitor.should_stop():
-                        pruned = True
-                        _stop(proc)
-                        break
-            except BaseException:
-                # Ctrl-C here, or a Ray/submitit cancel: the child checkpoints and stops.
-                _stop(proc)
-                raise
-            finally:
-                with self.lock:
-                    self.live.discard(proc)
-        return Outcome(proc.returncode, timed_out=timed_out, pruned=pruned)
+                self.live.discard(proc)
+        return proc.returncode, timed_out, pruned
 
     def stop_all(self) -> None:
         with self.lock:
