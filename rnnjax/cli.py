@@ -268,17 +268,26 @@ def cmd_sweep(argv):
     summary = run_sweep(args.study, args.root, workers=args.workers, smoke=args.smoke,
                         vmap_seeds=args.vmap_seeds, timeout=args.timeout,
                         executor=args.executor, executor_options=options)
-    print(json.dumps({"root": summary["root"], "counts": summary["counts"]}))
+    print(json.dumps({k: summary[k] for k in ("root", "counts", "eval_counts")
+                      if k in summary}))
     if args.report:
         from rnnjax.sweeps.report import report
 
         print(report(args.study, summary["root"], smoke=args.smoke)["markdown"])
     failed = [t for t in summary["trials"] if t["status"] == "failed"]
-    if failed:
-        lines = [f"{len(failed)} of {len(summary['trials'])} trials failed:"]
+    failed_evals = [(t, e) for t in summary["trials"] for e in t.get("eval_errors", [])]
+    if failed or failed_evals:
+        lines = []
+        if failed:
+            lines.append(f"{len(failed)} of {len(summary['trials'])} trials failed:")
         for t in failed:
             lines.append(f"  {t['name']}: {t.get('error') or 'see its log'}\n"
                          f"    log: {t.get('log') or t['workdir']}")
+        if failed_evals:
+            lines.append(f"{len(failed_evals)} evaluations failed (records in each "
+                         f"workdir's evals/):")
+        for t, e in failed_evals:
+            lines.append(f"  {t['name']} {e['eval']}: {e['error'] or 'see its log'}")
         raise SweepFailed("\n".join(lines))
 
 

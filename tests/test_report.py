@@ -152,3 +152,111 @@ def test_unknown_panel_field_is_an_error(fabricated):
     study.plot["panel"] = "model.hidden"
     with pytest.raises(ValueError, match="plot.panel"):
         report(study, root)
+
+
+# ---------------------------------------------------------------------------
+# An eval grid: a row per training configuration x eval combination.
+# ---------------------------------------------------------------------------
+EVAL_STUDY = '''
+def get_sweep(arg=None):
+    return {
+        "base": "configs/reverse.py",
+        "grid": {"model.hidden": [8, 16]},
+        "seeds": [0, 1],
+        "eval_grid": {"decode.beam_size": [1, 4], "decode.length_penalty": ["none", "gnmt"]},
+        "metrics": {"eval.beam_exact_match": "max", "train.loss:last": "min"},
+        "plot": {"metric": "train.loss"},
+    }
+'''
+
+
+def _beam_em(hidden, seed, beam, lp):
+    """A made-up exact match, distinct for every (config, seed, combination)."""
+    return hidden / 100 + seed / 1000 + beam / 10 + (0.05 if lp == "gnmt" else 0.0)
+
+
+@pytest.fixture
+def fabricated_evals(tmp_path):
+    """hidden=8: both seeds trained and evaluated, except one evaluation of seed 1 that
+    failed and one never run; hidden=16: seed 0 trained and evaluated, seed 1 diverged."""
+    from rnnjax.train.workdir import Workdir
+
+    study_file = tmp_path / "evals.py"
+    study_file.write_text(textwrap.dedent(EVAL_STUDY))
+    root = tmp_path / "root"
+    study = load_study(str(study_file))
+    for t in expand(study, root):
+        hidden, seed = t.overrides["model.hidden"], t.seed
+        rows = [{"step": s, "split": "train", "loss": 1.0 / s + hidden / 100 + seed}
+                for s in (1, 2, 3)]
+        if (hidden, seed) == (16, 1):
+            _write(t.workdir, rows, failed={"error": "non-finite loss (nan) at step 3"})
+            continue
+        # results.json holds the trained config's own evaluation: never a row's value.
+        _write(t.workdir, rows, results={"status": "done", "step": 3,
+                                         "eval": {"beam_exact_match": -1.0}})
+        wd = Workdir(t.workdir)
+        for e in t.evaluations:
+            beam, lp = e["decode.beam_size"], e["decode.length_penalty"]
+            name = wd.eval_name("latest", t.eval_args(e))
+            if (hidden, seed, beam, lp) == (8, 1, 4, "none"):
+                wd.record_eval_failure(name, "ValueError: the beam fell over")
+            elif (hidden, seed, beam, lp) == (8, 1, 4, "gnmt"):
+                continue  # not evaluated yet
+            else:
+                wd.write_eval(name, checkpoint="latest", checkpoint_step=3, overrides=e,
+                              eval_metrics={"beam_exact_match": _beam_em(hidden, seed, beam,
+                                                                         lp)})
+    return study_file, root
+
+
+def test_eval_grid_report_has_a_row_per_config_and_combination(fabricated_evals):
+    study_file, root = fabricated_evals
+    out = report(str(study_file), root)
+    rows = out["rows"]
+    combos = [(b, lp) for b in (1, 4) for lp in ("none", "gnmt")]
+    assert [(r["overrides"]["model.hidden"], r["overrides"]["decode.beam_size"],
+             r["overrides"]["decode.length_penalty"]) for r in rows] == \
+        [(h, b, lp) for h in (8, 16) for b, lp in combos]
+    by = {(r["overrides"]["model.hidden"], r["overrides"]["decode.beam_size"],
+           r["overrides"]["decode.length_penalty"]): r for r in rows}
+    # Seeds aggregated per combination, from the evaluation records.
+    for b, lp in combos[:2]:
+        vals = [_beam_em(8, s, b, lp) for s in (0, 1)]
+        r = by[(8, b, lp)]
+        assert r["metrics"]["eval.beam_exact_match"]["mean"] == pytest.approx(np.mean(vals))
+        assert r["metrics"]["eval.beam_exact_match"]["std"] == pytest.approx(
+            statistics.stdev(vals))
+        assert (r["done"], r["failed"], r["pending"]) == (2, 0, 0)
+    assert (by[(8, 4, "none")]["done"], by[(8, 4, "none")]["failed"]) == (1, 1)
+    assert (by[(8, 4, "gnmt")]["done"], by[(8, 4, "gnmt")]["pending"]) == (1, 1)
+    # A training metric is the training's: the same in every combination of a config.
+    losses = {r["metrics"]["train.loss:last"]["mean"] for k, r in by.items() if k[0] == 8}
+    assert len(losses) == 1 and losses.pop() == pytest.approx(1 / 3 + 0.08 + 0.5)
+    # The diverged seed is a failure of each of its config's rows, listed once.
+    for b, lp in combos:
+        r = by[(16, b, lp)]
+        assert (r["done"], r["failed"]) == (1, 1)
+        assert r["metrics"]["eval.beam_exact_match"]["values"][0] == pytest.approx(
+            _beam_em(16, 0, b, lp))
+    text = out["table_md"].read_text()
+    assert text.count("non-finite loss (nan) at step 3") == 1
+    assert "the beam fell over" in text and "decode.length_penalty=none" in text
+    assert "4 trained runs (2 training configurations x 2 seeds), each evaluated from its " \
+           "latest checkpoint in 4 ways" in text
+    assert out["markdown"].splitlines()[0] == (
+        "| hidden | beam_size | length_penalty | eval.beam_exact_match ↑ | "
+        "train.loss:last ↓ | seeds done | failed |")
+    table = list(csv.DictReader(io.StringIO(out["table_csv"].read_text())))
+    assert [(r["hidden"], r["beam_size"], r["length_penalty"]) for r in table][:2] == [
+        ("8", "1", "none"), ("8", "1", "gnmt")]
+    names = sorted(p.name for p in out["plots"])
+    assert names == ["curves_train_loss.png", "evals_eval_beam_exact_match.png"]
+
+
+def test_a_panel_on_an_eval_axis_is_an_error_that_says_why(fabricated_evals):
+    study_file, root = fabricated_evals
+    study = load_study(str(study_file))
+    study.plot["panel"] = "decode.length_penalty"
+    with pytest.raises(ValueError, match="eval_grid axis, which does not change training"):
+        report(study, root)

@@ -117,10 +117,62 @@ def test_names_disambiguate_shared_leaves_and_format_values(tmp_path):
     ({"random": {"n": 2, "space": {"optim.lr": ("loguniform", 0.0, 1.0)}}}, "lo > 0"),
     ({"success": {"eval.mse": ("==", 1)}}, "op one of"),
     ({"grdi": {}}, "unknown fields"),
+    ({"eval_grid": {"decode.beam_size": []}}, "non-empty list"),
+    ({"eval_grid": {"decode.beam_size": 4}}, "non-empty list"),
+    ({"eval_grid": {":T": [50]}}, "config-variant argument"),
+    ({"eval_grid": {"seed": [0]}}, "put it in 'grid'"),
+    ({"grid": {"decode.beam_size": [1]}, "eval_grid": {"decode.beam_size": [2]}},
+     "both training axes and eval_grid axes"),
+    ({"eval_checkpoint": "first", "eval_grid": {"decode.beam_size": [2]}},
+     "eval_checkpoint must be one of"),
+    ({"optuna": {"n_trials": 2, "space": {"optim.lr": ("loguniform", 1e-3, 1e-2)},
+                 "metric": "eval.mse"}, "eval_grid": {"decode.beam_size": [2]}},
+     "Optuna search .* takes no eval_grid"),
 ])
 def test_bad_study_raises(desc, match):
     with pytest.raises(ValueError, match=match):
         _study(**desc)
+
+
+def test_an_eval_grid_key_that_changes_training_is_refused_with_what_to_do():
+    for key in ("model.hidden", "optim.lr", "train.steps", "data.max_len"):
+        with pytest.raises(ValueError) as e:
+            _study(eval_grid={"decode.beam_size": [1, 2], key: [1, 2]})
+        msg = str(e.value)
+        assert f"{key!r} would change the trained run" in msg, msg
+        assert "Move such keys to 'grid'" in msg and "decode.*" in msg
+
+
+def test_eval_grid_trials_are_the_training_grid_and_each_carries_the_evaluations(tmp_path):
+    desc = {"base": "configs/reverse.py:smoke", "grid": {"model.hidden": [4, 8]},
+            "seeds": [0, 1]}
+    plain = expand(study_from_dict(desc, name="t"), tmp_path)
+    s = study_from_dict({**desc, "eval_grid": {"decode.beam_size": [1, 4],
+                                               "decode.length_penalty": ["none", "gnmt"]}},
+                        name="t")
+    trials = expand(s, tmp_path)
+    # One trial per training configuration x seed, named as without the eval grid: adding
+    # eval axes (or values) later reuses the trained runs.
+    assert [t.name for t in trials] == [t.name for t in plain] and len(trials) == 4
+    assert s.eval_axes == ["decode.beam_size", "decode.length_penalty"]
+    assert s.eval_checkpoint == "latest"
+    t = trials[3]
+    assert t.evaluations == [{"decode.beam_size": b, "decode.length_penalty": lp}
+                             for b in (1, 4) for lp in ("none", "gnmt")]
+    # "none" would read back as None: it is quoted, so it stays the string.
+    assert t.eval_args(t.evaluations[0]) == ["decode.beam_size=1",
+                                            "decode.length_penalty='none'"]
+    cmd = t.eval_command(t.evaluations[0], python="py")
+    assert cmd == ["py", "-m", "rnnjax", "eval", "--workdir", str(t.workdir), "--checkpoint",
+                   "latest", "--config.decode.beam_size=1",
+                   "--config.decode.length_penalty='none'", "--record"]
+    for e in t.evaluations:  # every combination loads on the trial's config
+        c = load_config(t.spec, t.cli_overrides() + t.eval_args(e))
+        assert (c.decode.beam_size, c.decode.length_penalty, c.model.hidden, c.seed) == (
+            e["decode.beam_size"], e["decode.length_penalty"], 8, 1)
+    best = study_from_dict({**desc, "eval_grid": {"decode.alpha": [0.2]},
+                            "eval_checkpoint": "best"}, name="t")
+    assert expand(best, tmp_path)[0].eval_command({"decode.alpha": 0.2}, "py")[7] == "best"
 
 
 def test_missing_base_and_file():
@@ -413,3 +465,95 @@ def test_vmap_refuses_a_task_whose_step_reads_the_seed(tmp_path):
         _train(cfgs, [Workdir(tmp_path / "a"), Workdir(tmp_path / "b")], progress=False,
                hooks=())
     assert not (tmp_path / "a" / "config.json").exists()
+
+
+# ---------------------------------------------------------------------------
+# Evaluation-only axes: one trained run per configuration x seed, evaluated many ways.
+# ---------------------------------------------------------------------------
+EVAL_STUDY = '''
+def get_sweep(arg=None):
+    return {{
+        "base": "configs/reverse.py:smoke",
+        "seeds": [0, 1],
+        "eval_grid": {{"decode.beam_size": [3], "decode.length_penalty": {penalties}}},
+        "metrics": {{"eval.beam_exact_match": "max", "eval.loss": "min"}},
+    }}
+'''
+
+
+@pytest.mark.subprocess
+def test_eval_grid_trains_once_per_seed_reports_rnnjax_eval_and_resumes(tmp_path):
+    """Vmapped seeds on the local pool, then the study extended with a bad value on the
+    SLURM executor (submitit's local cluster): the trained runs are reused, each
+    evaluation is `rnnjax eval` with the combination's overrides, done evaluations are
+    skipped and a failing one is recorded and reported as failed."""
+    from _helpers import checkpoint_steps
+
+    from rnnjax.sweeps.report import report
+    from rnnjax.train.workdir import Workdir
+
+    study_file = tmp_path / "evals.py"
+    study_file.write_text(textwrap.dedent(EVAL_STUDY.format(penalties=["none", "gnmt"])))
+    root = tmp_path / "root"
+    first = run_sweep(str(study_file), root, vmap_seeds=True, log=lambda s: None)
+    assert first["counts"] == {"done": 2} and first["eval_counts"] == {"done": 4}
+    trials = expand(load_study(str(study_file)), root)
+    # Trained once per seed: one vmapped `rnnjax train` process for both seeds, one run
+    # per workdir (steps logged once, the smoke's checkpoints 2 and 4), no other workdirs.
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == sorted(
+        t.name for t in trials)
+    log0 = (trials[0].workdir / "stderr.log").read_text()
+    assert log0.count("rnnjax: training") == 1 and str(trials[1].workdir) in log0
+    for t in trials:
+        assert checkpoint_steps(t.workdir) == [2, 4]
+        assert [r["step"] for r in read_metrics(t.workdir) if r["split"] == "train"] == \
+            [1, 2, 3, 4]
+        assert len(list((t.workdir / "evals").iterdir())) == 2
+    # Each row is `rnnjax eval` with the combination's overrides on the trained workdir
+    # (here re-run in-process), seeds aggregated.
+    from rnnjax.inference import run_eval
+
+    out = report(str(study_file), root, plots=False)
+    rows = {r["overrides"]["decode.length_penalty"]: r for r in out["rows"]}
+    assert list(rows) == ["none", "gnmt"]
+    for lp, row in rows.items():
+        assert row["overrides"] == {"decode.beam_size": 3, "decode.length_penalty": lp}
+        assert (row["done"], row["failed"], row["seeds"]) == (2, 0, 2)
+        direct = [run_eval(t.workdir, "latest", ["decode.beam_size=3",
+                                                 f"decode.length_penalty={lp}"])
+                  for t in trials]
+        for metric in ("eval.beam_exact_match", "eval.loss"):
+            got = [d[metric.split(".")[1]] for d in direct]
+            assert row["metrics"][metric]["values"] == pytest.approx(got, rel=1e-6)
+            assert row["metrics"][metric]["mean"] == pytest.approx(np.mean(got), rel=1e-6)
+    assert out["markdown"].splitlines()[0].startswith(
+        "| beam_size | length_penalty | eval.beam_exact_match ↑")
+    # Resume: nothing left to do, nothing runs.
+    mtimes = {p: p.stat().st_mtime_ns for t in trials for p in (t.workdir / "evals").iterdir()}
+    again = run_sweep(str(study_file), root, vmap_seeds=True, log=lambda s: None)
+    assert [t["ran"] for t in again["trials"]] == [False, False]
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    # Extended with a value `rnnjax eval` refuses, on another executor: the training is
+    # not repeated, only the new evaluations run, and they are recorded as failed.
+    study_file.write_text(textwrap.dedent(EVAL_STUDY.format(
+        penalties=["none", "gnmt", "shortest"])))
+    results_mtime = [(t.workdir / "results.json").stat().st_mtime_ns for t in trials]
+    third = run_sweep(str(study_file), root, executor="slurm", workers=2,
+                      executor_options={"cluster": "local", "time_min": 10},
+                      log=lambda s: None)
+    assert third["counts"] == {"done": 2}
+    assert third["eval_counts"] == {"done": 4, "failed": 2}
+    assert [(t.workdir / "results.json").stat().st_mtime_ns for t in trials] == results_mtime
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # done ones not re-run
+    for t, row in zip(trials, third["trials"]):
+        assert checkpoint_steps(t.workdir) == [2, 4]
+        assert row["evals"] == {"done": 2, "failed": 1, "pending": 0}
+        (err,) = row["eval_errors"]
+        assert "shortest" in err["error"] and "length_penalty=shortest" in err["eval"]
+        name = Workdir.eval_name("latest", ["decode.beam_size=3",
+                                            "decode.length_penalty=shortest"])
+        assert Workdir(t.workdir).read_eval(name)["status"] == "failed"
+    out = report(str(study_file), root, plots=False)
+    bad = next(r for r in out["rows"] if r["overrides"]["decode.length_penalty"] == "shortest")
+    assert (bad["done"], bad["failed"]) == (0, 2) and len(bad["errors"]) == 2
+    assert all("length_penalty=shortest" in label for label, _ in bad["errors"])

@@ -18,6 +18,14 @@ Metric names (see :func:`rnnjax.sweeps.study.parse_metric`): ``eval.mse`` is the
 value in ``results.json``; ``<split>.<key>:<agg>`` aggregates the rows of
 ``metrics.jsonl`` (``train.grad_norm:max`` is the largest gradient-norm spike).
 
+A study with an ``eval_grid`` has one row per training configuration x eval combination
+(seeds aggregated as above): its ``eval.*`` values come from the trial's record of that
+evaluation (``evals/<name>.json``, written by ``rnnjax eval --record``), and a trial
+whose training failed counts as failed in each of its rows. The learning curves are the
+training's, one line per training configuration; ``evals_<metric>.png`` adds the final
+metric against the first eval axis, one line per combination of the others, one panel
+per training configuration.
+
 This module reads files only: it never imports models or the trainer.
 """
 
@@ -39,6 +47,7 @@ from rnnjax.sweeps.study import (
     SWEEP_FILE,
     Study,
     Trial,
+    evaluations,
     expand,
     format_value,
     load_study,
@@ -53,11 +62,27 @@ _OPS = {"<=": np.less_equal, ">=": np.greater_equal, "<": np.less, ">": np.great
 
 @dataclasses.dataclass
 class TrialResult:
+    """A trial's outcome, or (``evaluation`` given) one of its eval-grid evaluations'."""
+
     trial: Trial
     status: str  # done | failed | started | pending (| pruned: an Optuna search stopped it)
     eval: dict[str, Any] | None
     rows: list[dict]
     error: str | None = None
+    evaluation: dict[str, Any] = dataclasses.field(default_factory=dict)
+    record: str | None = None  # the evaluation's record name, where the status is its own
+
+    @property
+    def group(self) -> dict[str, Any]:
+        """What the row it belongs to is defined by: the trial's non-seed overrides, then
+        the eval combination's."""
+        return {**self.trial.group, **self.evaluation}
+
+    @property
+    def label(self) -> str:
+        """The trial's name, then the evaluation's record name where the status is the
+        evaluation's (for failure lists)."""
+        return self.trial.name + (f" {self.record}" if self.record else "")
 
 
 def read_trial(trial: Trial) -> TrialResult:
@@ -74,6 +99,28 @@ def read_trial(trial: Trial) -> TrialResult:
         lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
         error = lines[-1] if lines else f"return code {info.get('returncode')}"
     return TrialResult(trial, status, ev, latest_rows(read_metrics(wd.path)), error)
+
+
+def read_evaluations(trial: Trial, trained: TrialResult | None = None) -> list[TrialResult]:
+    """One result per eval-grid combination of ``trial``: the record's metrics where it is
+    done; the training's status (and error) where the training is not done."""
+    trained = trained or read_trial(trial)
+    wd = Workdir(trial.workdir)
+    out = []
+    for evaluation in trial.evaluations:
+        name = Workdir.eval_name(trial.eval_checkpoint, trial.eval_args(evaluation))
+        if trained.status != "done":
+            out.append(dataclasses.replace(trained, evaluation=evaluation))
+            continue
+        status, record = wd.eval_status(name), wd.read_eval(name) or {}
+        error = None
+        if status == "failed":
+            lines = [ln for ln in str(record.get("error") or record.get("stderr_tail") or "")
+                     .strip().splitlines() if ln.strip()]
+            error = lines[-1] if lines else f"return code {record.get('returncode')}"
+        out.append(TrialResult(trial, status, record.get("eval") if status == "done" else None,
+                               trained.rows, error, evaluation, name))
+    return out
 
 
 def metric_value(metric: str, result: TrialResult) -> float:
@@ -109,16 +156,16 @@ def summarize(study: Study, results: Sequence[TrialResult]) -> list[dict[str, An
     """One row per configuration (non-seed overrides), in the study's order."""
     groups: dict[str, list[TrialResult]] = {}
     for r in results:
-        key = json.dumps(r.trial.group, sort_keys=True, default=repr)
+        key = json.dumps(r.group, sort_keys=True, default=repr)
         groups.setdefault(key, []).append(r)
     rows = []
     for members in groups.values():
         status = [m.status for m in members]
-        row = {"overrides": members[0].trial.group, "seeds": len(members),
+        row = {"overrides": members[0].group, "seeds": len(members),
                "done": status.count("done"), "failed": status.count("failed"),
                "pending": len(members) - status.count("done") - status.count("failed"),
                "metrics": {}, "success": {},
-               "errors": [(m.trial.name, m.error) for m in members if m.status == "failed"]}
+               "errors": [(m.label, m.error) for m in members if m.status == "failed"]}
         for metric in study.metrics:
             row["metrics"][metric] = _stats([metric_value(metric, m) for m in members])
         for metric, (op, thr) in study.success.items():
@@ -144,7 +191,7 @@ def _success_label(metric: str, cond: tuple[str, float]) -> str:
 
 
 def _columns(study: Study) -> tuple[list[str], dict[str, str]]:
-    axes = study.axes
+    axes = study.axes + study.eval_axes
     return axes, short_names(axes)
 
 
@@ -243,7 +290,13 @@ def plot_study(study: Study, results: Sequence[TrialResult], out_dir: str | Path
         (m for m in study.metrics if parse_metric(m)[2] is None), "train.loss")
     split, key, _ = parse_metric(metric)
     panel = opts.get("panel")
-    axes_keys, names = _columns(study)
+    _, names = _columns(study)
+    axes_keys = study.axes
+    if panel is not None and panel in study.eval_axes:
+        raise ValueError(f"study {study.name}: plot.panel {panel!r} is an eval_grid axis, "
+                         f"which does not change training: the learning curves are the same "
+                         f"in every panel. Panel by a training axis ({axes_keys}); the eval "
+                         f"axes have their own plot, evals_<metric>.png")
     if panel is not None and panel not in axes_keys:
         raise ValueError(f"study {study.name}: plot.panel {panel!r} is not a swept field; "
                          f"swept: {axes_keys}")
@@ -309,6 +362,68 @@ def plot_study(study: Study, results: Sequence[TrialResult], out_dir: str | Path
     return [path]
 
 
+def plot_evals(study: Study, rows: list[dict], out_dir: str | Path) -> list[Path]:
+    """``evals_<metric>.png``: a final metric (mean ± std over seeds) against the first
+    eval-grid axis, one line per combination of the other eval axes, one panel per
+    training configuration. The metric is ``plot.eval_metric``, else the study's first
+    final ``eval.*`` metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = study.plot.get("eval_metric") or next(
+        (m for m in study.metrics if parse_metric(m)[0] == "eval" and parse_metric(m)[2] is None),
+        None)
+    if metric is None or not study.eval_axes:
+        return []
+    _, names = _columns(study)
+    x_key, rest = study.eval_axes[0], study.eval_axes[1:]
+    panels = list(dict.fromkeys(json.dumps({k: r["overrides"].get(k) for k in study.axes},
+                                           default=repr) for r in rows))
+    x_values = list(study.eval_grid[x_key])
+    numeric = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x_values)
+    n = len(panels)
+    fig, axs = plt.subplots(1, n, figsize=(4.2 * n + 0.8, 3.6), sharey=True, squeeze=False)
+    for ax, pkey in zip(axs[0], panels):
+        train = json.loads(pkey)
+        mine = [r for r in rows if all(json.dumps(r["overrides"].get(k), default=repr)
+                                       == json.dumps(v, default=repr) for k, v in train.items())]
+        lines = list(dict.fromkeys(json.dumps({k: r["overrides"].get(k) for k in rest},
+                                              default=repr) for r in mine))
+        for i, lkey in enumerate(lines):
+            sel = [r for r in mine if json.dumps({k: r["overrides"].get(k) for k in rest},
+                                                 default=repr) == lkey]
+            xs = [r["overrides"][x_key] for r in sel]
+            xs = xs if numeric else [x_values.index(x) for x in xs]
+            mean = [r["metrics"][metric]["mean"] for r in sel]
+            std = [0.0 if math.isnan(r["metrics"][metric]["std"]) else
+                   r["metrics"][metric]["std"] for r in sel]
+            ax.errorbar(xs, mean, yerr=std, marker="o", markersize=3, capsize=3,
+                        label=_label(json.loads(lkey), names), color=plt.get_cmap("tab10")(i % 10))
+        if numeric and min(x_values) > 0 and max(x_values) / min(x_values) >= 8:
+            ax.set_xscale("log", base=2)
+        ticks = x_values if numeric else range(len(x_values))
+        ax.set_xticks(list(ticks), [format_value(v) for v in x_values])
+        ax.minorticks_off()
+        ax.set_xlabel(names[x_key])
+        ax.grid(alpha=0.3)
+        if train:
+            ax.set_title(_label(train, names), fontsize=9)
+    axs[0][0].set_ylabel(metric)
+    if rest:
+        axs[0][0].legend(fontsize=8)
+    fig.suptitle(f"{study.name}: {metric} ({study.eval_checkpoint} checkpoint), mean ± std "
+                 f"over seeds", fontsize=8, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"evals_{metric.replace('.', '_').replace(':', '_')}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path]
+
+
 def _label(overrides: dict, names: dict[str, str]) -> str:
     return ",".join(f"{names.get(k, k)}={format_value(v)}" for k, v in overrides.items()) or "all"
 
@@ -351,20 +466,35 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
     else:
         trials = expand(study, root)
         results = [read_trial(t) for t in trials]
-    rows = summarize(study, results)
+    # With an eval grid, a row per training configuration x eval combination; the
+    # learning curves stay the training's (one line per training configuration).
+    rowed = ([e for t, r in zip(trials, results) for e in read_evaluations(t, r)]
+             if study.eval_grid else results)
+    rows = summarize(study, rowed)
     out = Path(out_dir) if out_dir is not None else root / "report"
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(study, rows)
     plot_paths = plot_study(study, results, out) if plots else []
+    if plots and study.eval_grid:
+        plot_paths += plot_evals(study, rows, out)
     md = [f"# {study.name}", ""]
     if study.description:
         md += [study.description.strip(), ""]
-    md += [f"Base config `{study.base}`; {len(trials)} trials "
-           f"({len(rows)} configurations x {len(study.seeds)} seeds) in `{root}`. "
-           f"Mean ± std over seeds.", "", table, "", *extra]
-    errors = [e for r in rows for e in r["errors"]]
+    if study.eval_grid:
+        n_evals = len(evaluations(study))
+        what = (f"{len(trials)} trained runs ({len(rows) // n_evals} training configurations "
+                f"x {len(study.seeds)} seeds), each evaluated from its {study.eval_checkpoint} "
+                f"checkpoint in {n_evals} ways ({', '.join(study.eval_axes)}): "
+                f"{len(rows)} rows")
+    else:
+        what = f"{len(trials)} trials ({len(rows)} configurations x {len(study.seeds)} seeds)"
+    md += [f"Base config `{study.base}`; {what} in `{root}`. Mean ± std over seeds.", "",
+           table, "", *extra]
+    # A failed training is a failure of each of its rows: listed once.
+    errors = list(dict.fromkeys(e for r in rows for e in r["errors"]))
     if errors:
-        md += ["Failed trials:", ""] + [f"- `{n}`: {err}" for n, err in errors] + [""]
+        head = "Failed trials and evaluations:" if study.eval_grid else "Failed trials:"
+        md += [head, ""] + [f"- `{n}`: {err}" for n, err in errors] + [""]
     for p in plot_paths:
         md += [f"![{p.stem}]({p.name})", ""]
     (out / "table.md").write_text("\n".join(md))

@@ -14,6 +14,15 @@ and stand at the same checkpoint step run together as one ``rnnjax train`` proce
 with one ``--workdir``/``--member`` pair per trial: the trainer vmaps its one loop
 over them, and each member keeps its own checkpoints, resume and failure record.
 
+A study with an ``eval_grid`` adds, to each job, one ``rnnjax eval --record`` per trial
+and combination not yet evaluated, run after the training in the same job (on every
+executor). A trial is skipped only when it is trained *and* every evaluation is done;
+a trained trial with evaluations to do runs ``rnnjax train`` again, which only confirms
+that it is finished, then the missing evaluations. An evaluation that fails has its
+record (``evals/<name>.json``, status ``failed``) written by ``rnnjax eval``, or here
+from the job's stderr when the process died without writing it; the next sweep
+retries it.
+
 This module never imports models or cells: trials are processes, results files.
 """
 
@@ -48,6 +57,33 @@ from rnnjax.train.workdir import Workdir
 def trial_status(workdir: str | Path) -> str:
     """``done`` | ``failed`` | ``started`` (a workdir without results) | ``pending``."""
     return Workdir(workdir).status()
+
+
+def eval_names(trial: Trial) -> list[str]:
+    """The record names of the trial's evaluations, in the eval grid's order."""
+    return [Workdir.eval_name(trial.eval_checkpoint, trial.eval_args(e))
+            for e in trial.evaluations]
+
+
+def pending_evaluations(trial: Trial) -> list[dict[str, Any]]:
+    """The trial's eval-grid combinations without an up-to-date ``done`` record."""
+    wd = Workdir(trial.workdir)
+    return [e for e, name in zip(trial.evaluations, eval_names(trial))
+            if wd.eval_status(name) != "done"]
+
+
+def eval_counts(trial: Trial) -> dict[str, int]:
+    """``{"done": n, "failed": n, "pending": n}`` over the trial's evaluations."""
+    wd = Workdir(trial.workdir)
+    counts = {"done": 0, "failed": 0, "pending": 0}
+    for name in eval_names(trial):
+        counts[wd.eval_status(name)] += 1
+    return counts
+
+
+def needs_work(trial: Trial) -> bool:
+    """Not trained yet, or trained with evaluations still to do."""
+    return trial_status(trial.workdir) != "done" or bool(pending_evaluations(trial))
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
@@ -88,8 +124,10 @@ class _Book:
     def add(self, trial: Trial) -> None:
         with self.lock:
             if trial.name not in self.rows:
-                self.rows[trial.name] = {**trial.to_json(), "status": trial_status(trial.workdir),
-                                         "ran": False}
+                row = {**trial.to_json(), "status": trial_status(trial.workdir), "ran": False}
+                if trial.evaluations:
+                    row["evals"] = eval_counts(trial)
+                self.rows[trial.name] = row
                 self.dirty = True
 
     def update(self, name: str, **fields) -> None:
@@ -105,10 +143,15 @@ class _Book:
 
     def data(self) -> dict:
         counts: dict[str, int] = {}
+        evals: dict[str, int] = {}
         for r in self.rows.values():
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-        return {**self.head, "updated": time.time(), "counts": counts,
-                "trials": list(self.rows.values())}
+            for k, n in r.get("evals", {}).items():
+                evals[k] = evals.get(k, 0) + n
+        out = {**self.head, "updated": time.time(), "counts": counts}
+        if evals:  # an eval grid: its evaluations' statuses, summed over the trials
+            out["eval_counts"] = {k: n for k, n in evals.items() if n}
+        return {**out, "trials": list(self.rows.values())}
 
     def _write(self) -> None:
         text = json.dumps(self.data(), indent=1, default=str)
@@ -157,29 +200,69 @@ def _finish(book: _Book, trial: Trial, outcome: Outcome, seconds: float,
     return status
 
 
+def _finish_evals(book: _Book, unit: Unit, outcome: Outcome, err_path: Path) -> None:
+    """Each evaluation the job was to run: a process that died without writing its record
+    (killed, out of memory) gets a failure record from the job's stderr; one that never
+    ran (its training failed, the sweep stopped) stays pending."""
+    codes = list(outcome.then_returncodes) + [None] * (len(unit.evals) - len(
+        outcome.then_returncodes))
+    for (trial, evaluation), rc, command in zip(unit.evals, codes, unit.job.then):
+        wd = Workdir(trial.workdir)
+        name = Workdir.eval_name(trial.eval_checkpoint, trial.eval_args(evaluation))
+        if rc is not None and wd.eval_status(name) == "pending":
+            tail = _tail(err_path)
+            why = "timed out" if outcome.timed_out and rc != 0 else f"return code {rc}"
+            wd.record_eval_failure(f"rnnjax eval ended ({why}) without recording a result",
+                                   returncode=rc, timed_out=outcome.timed_out,
+                                   command=command, stderr_tail=tail,
+                                   stderr_path=str(err_path), checkpoint=trial.eval_checkpoint,
+                                   override_args=trial.eval_args(evaluation))
+    for trial in unit.trials:
+        if not trial.evaluations:
+            continue
+        wd = Workdir(trial.workdir)
+        errors = []
+        for name in eval_names(trial):
+            if wd.eval_status(name) == "failed":
+                errors.append({"eval": name,
+                               "error": str((wd.read_eval(name) or {}).get("error", ""))[:300]})
+        book.update(trial.name, evals=eval_counts(trial), eval_errors=errors)
+
+
 @dataclasses.dataclass
 class Unit:
-    """One job and the trials it trains (one, or a vmapped seed group)."""
+    """One job, the trials it trains (one, or a vmapped seed group) and the evaluations it
+    runs after the training (``(trial, combination)``, one per ``job.then`` command)."""
 
     job: Job
     trials: list[Trial]
     what: str
+    evals: list[tuple[Trial, dict]] = dataclasses.field(default_factory=list)
+
+
+def _with_evals(unit: Unit, python: str) -> Unit:
+    """Adds an ``rnnjax eval --record`` to the job for every evaluation still to do."""
+    unit.evals = [(t, e) for t in unit.trials for e in pending_evaluations(t)]
+    unit.job.then = [t.eval_command(e, python) for t, e in unit.evals]
+    if unit.evals:
+        unit.what += f" (+{len(unit.evals)} evaluations)"
+    return unit
 
 
 def trial_unit(trial: Trial, python: str, timeout: float | None,
                monitor: Monitor | None = None) -> Unit:
     wd = Workdir(trial.workdir)
-    return Unit(Job(trial.name, trial.command(python), wd.stdout_path, wd.stderr_path,
-                    timeout, monitor), [trial], trial.name)
+    return _with_evals(Unit(Job(trial.name, trial.command(python), wd.stdout_path,
+                                wd.stderr_path, timeout, monitor), [trial], trial.name), python)
 
 
 def group_unit(group: list[Trial], python: str, timeout: float | None) -> Unit:
     # The group's process output goes to its first member's workdir; every member's
     # failure record points there.
     wd = Workdir(group[0].workdir)
-    return Unit(Job(group[0].name, group_command(group, python), wd.stdout_path,
-                    wd.stderr_path, timeout), list(group),
-                f"vmapped group of {len(group)}: {group[0].name} ...")
+    return _with_evals(Unit(Job(group[0].name, group_command(group, python), wd.stdout_path,
+                                wd.stderr_path, timeout), list(group),
+                            f"vmapped group of {len(group)}: {group[0].name} ..."), python)
 
 
 class _Fixed:
@@ -260,8 +343,13 @@ def _drive(ex: Executor, source, book: _Book, log: Callable[[str], None]) -> Non
             seconds = time.perf_counter() - started.get(unit.job.key, time.perf_counter())
             statuses = [_finish(book, t, outcome, seconds, unit.job.command, unit.job.stderr)
                         for t in unit.trials]
+            if unit.evals:
+                _finish_evals(book, unit, outcome, unit.job.stderr)
             for t, status in zip(unit.trials, statuses):
-                log(f"[sweep] {status:6s} {t.name} ({seconds:.1f}s)")
+                evals = book.rows[t.name].get("evals")
+                extra = (", evaluations " + ", ".join(f"{n} {k}" for k, n in evals.items() if n)
+                         if evals else "")
+                log(f"[sweep] {status:6s} {t.name} ({seconds:.1f}s{extra})")
             source.done(unit, outcome, statuses)
 
 
@@ -323,9 +411,16 @@ def run_sweep(study: str | Path | Study, root: str | Path | None = None, *, work
     else:
         trials = expand(study, root)
         book = _Book(study, root, trials)
-        todo = [t for t in trials if trial_status(t.workdir) != "done"]
-        log(f"[sweep] {study.name}: {len(trials)} trials, {len(trials) - len(todo)} done, "
-            f"{len(todo)} to run in {root} with {workers} worker(s) on {ex.name}")
+        todo = [t for t in trials if needs_work(t)]
+        if study.eval_grid:
+            trained = sum(trial_status(t.workdir) == "done" for t in trials)
+            evals = sum(len(pending_evaluations(t)) for t in todo)
+            log(f"[sweep] {study.name}: {len(trials)} trials x {len(trials[0].evaluations)} "
+                f"evaluations, {trained} trained, {len(trials) - trained} to train and "
+                f"{evals} evaluations to run in {root} with {workers} worker(s) on {ex.name}")
+        else:
+            log(f"[sweep] {study.name}: {len(trials)} trials, {len(trials) - len(todo)} done, "
+                f"{len(todo)} to run in {root} with {workers} worker(s) on {ex.name}")
         if vmap_seeds:
             units = [trial_unit(g[0], python, timeout) if len(g) == 1
                      else group_unit(g, python, timeout) for g in vmap_groups(todo)]
@@ -338,9 +433,12 @@ def run_sweep(study: str | Path | Study, root: str | Path | None = None, *, work
         except KeyboardInterrupt:
             # Stop the children this sweep started (SIGTERM: the trainer checkpoints first).
             ex.stop()
+            by_name = {t.name: t for t in trials}
             for name, row in book.rows.items():
                 if row["status"] == "running":
                     book.update(name, status=trial_status(row["workdir"]))
+                    if name in by_name and by_name[name].evaluations:
+                        book.update(name, evals=eval_counts(by_name[name]))
             book.flush()
             raise
     book.flush()

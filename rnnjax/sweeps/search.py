@@ -291,6 +291,9 @@ class _SearchUnit:
     trials: list[Trial]
     what: str
     trial_id: int
+    # The runner's Unit protocol: evaluations run after the training. A search has no
+    # eval grid (rnnjax.sweeps.study refuses one), so none.
+    evals: list = dataclasses.field(default_factory=list)
 
     def trial_id_number(self, ostudy) -> int:
         """``study.tell`` takes a trial number; the storage keys trials by id."""

@@ -16,6 +16,9 @@ e.g. ``:smoke`` or ``:quick``)::
       "optuna": {"n_trials": 20, "space": {...}, "metric": "eval.mse",   # a guided search
                  "direction": "minimize", "sampler": "tpe", "pruner": "median"},
       "fixed": {"train.steps": 500, ":T": 50},  # in every trial, kept out of trial names
+      # evaluation-only axes: each trained run is evaluated once per combination
+      "eval_grid": {"decode.beam_size": [1, 4], "decode.length_penalty": ["none", "gnmt"]},
+      "eval_checkpoint": "latest",            # or "best": the weights those evaluations use
       "seeds": [0, 1, 2],                     # the seed axis (config key ``seed``)
       "metrics": {"eval.mse": "min", "train.grad_norm:max": "min"},  # what report shows
       "success": {"eval.mse": ("<=", 0.01)},  # report: fraction of seeds that reach it
@@ -31,6 +34,19 @@ aggregates the rows of ``metrics.jsonl``.
 Each trial runs in ``<root>/<name>`` where the name is readable and ends in a
 hash of everything that defines the run (``cell=gru,T=200,seed=1-3fa2c1``), so a
 changed study never reuses a workdir that belongs to another config.
+
+``eval_grid`` holds axes that change only evaluation (the decoder's beam size and
+length penalty: :data:`rnnjax.config_schema.EVAL_ONLY_KEYS`). They are not trial axes:
+the trials are the training configurations x seeds, each trained once, and after its
+training each trial's workdir is evaluated once per combination of the eval grid by
+``rnnjax eval --checkpoint <eval_checkpoint> --config.KEY=V ... --record``, which
+writes ``evals/<name>.json`` in the workdir. Adding an eval axis or value later reuses
+the trained runs (the trial names do not cover the eval grid). A key that would change
+training is refused with a message that says to make it a training axis.
+``eval_checkpoint`` defaults to ``latest``: the weights of the last step, which
+``results.json``'s own final evaluation describes, so a combination equal to the
+trained config reproduces it; ``best`` is the checkpoint the task's metric picked
+during training, with the trained config's decoder.
 :mod:`rnnjax.sweeps.runner` runs the trials; :mod:`rnnjax.sweeps.report` reads them.
 
 This module never imports models, cells or the trainer: a study is data.
@@ -51,6 +67,7 @@ from typing import Any
 
 import numpy as np
 
+from rnnjax.config_schema import check_eval_only
 from rnnjax.configlib import import_file, resolve_config_path, split_spec
 
 SPACE_KINDS = ("loguniform", "uniform", "int", "choice")
@@ -61,7 +78,8 @@ SWEEP_FILE = "sweep.json"
 #: Keys a vmapped group may differ in (rnnjax.train.trainer.MEMBER_KEYS).
 VMAP_KEYS = ("seed", "optim.lr")
 _STUDY_KEYS = ("base", "grid", "random", "trials", "optuna", "fixed", "seeds", "metrics",
-               "success", "plot", "description")
+               "success", "plot", "description", "eval_grid", "eval_checkpoint")
+EVAL_CHECKPOINTS = ("latest", "best")
 OPTUNA_SAMPLERS = ("tpe", "random")
 OPTUNA_PRUNERS = ("median", "asha", "threshold", "none")
 _OPTUNA_KEYS = ("n_trials", "space", "metric", "direction", "sampler", "pruner",
@@ -90,6 +108,8 @@ class Study:
     plot: dict[str, Any]
     description: str = ""
     optuna: dict | None = None  # an Optuna search (rnnjax.sweeps.search): trials chosen as it runs
+    eval_grid: dict[str, list] | None = None  # evaluation-only axes (see the module docstring)
+    eval_checkpoint: str = "latest"
 
     @property
     def axes(self) -> list[str]:
@@ -104,6 +124,11 @@ class Study:
         for t in self.trials or []:
             keys.extend(k for k in t if k not in keys)
         return keys
+
+    @property
+    def eval_axes(self) -> list[str]:
+        """The evaluation-only axes (``eval_grid``'s keys), in the study's order."""
+        return list(self.eval_grid or {})
 
     def default_root(self) -> Path:
         return Path("runs") / self.name
@@ -206,6 +231,11 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
         if SEED_KEY in source:
             raise ValueError(f"sweep {name}: set seeds with the 'seeds' field, not as an "
                              f"override")
+    eval_grid = _check_eval_grid(name, desc.get("eval_grid"), grid, random, trials, optuna)
+    eval_checkpoint = desc.get("eval_checkpoint", "latest")
+    if eval_checkpoint not in EVAL_CHECKPOINTS:
+        raise ValueError(f"sweep {name}: eval_checkpoint must be one of "
+                         f"{list(EVAL_CHECKPOINTS)}, got {eval_checkpoint!r}")
     metrics = dict(desc.get("metrics", {}))
     for m, better in metrics.items():
         parse_metric(m)
@@ -225,7 +255,45 @@ def study_from_dict(desc: Mapping, *, name: str, path: Path | None = None,
                  base_path=_resolve_base(base, path), grid=grid, random=random, trials=trials,
                  fixed=dict(desc.get("fixed", {})), seeds=seeds, metrics=metrics,
                  success=success, plot=dict(desc.get("plot", {})),
-                 description=str(desc.get("description", "")), optuna=optuna)
+                 description=str(desc.get("description", "")), optuna=optuna,
+                 eval_grid=eval_grid, eval_checkpoint=eval_checkpoint)
+
+
+def _check_eval_grid(name: str, eval_grid: Any, grid, random, trials, optuna
+                     ) -> dict[str, list] | None:
+    """The eval grid, validated: evaluation-only dotted keys, each with values, none of
+    them also a training axis. (``fixed`` may set one: that is the trained config's
+    value, used by the evaluations during training; the eval grid overrides it after.)"""
+    if eval_grid is None:
+        return None
+    if not isinstance(eval_grid, Mapping) or not eval_grid:
+        raise ValueError(f"sweep {name}: eval_grid must be a non-empty dict key -> list of "
+                         f"values, e.g. {{'decode.beam_size': [1, 4]}}")
+    if optuna is not None:
+        raise ValueError(f"sweep {name}: an Optuna search optimises a training metric and "
+                         f"takes no eval_grid; evaluate its best trials afterwards with a "
+                         f"study that lists them ('trials') and has the eval_grid")
+    out = {}
+    for k, v in eval_grid.items():
+        if not isinstance(k, str) or k.startswith(":") or k == SEED_KEY:
+            raise ValueError(f"sweep {name}: eval_grid key {k!r} is not an evaluation "
+                             f"setting: a config-variant argument (':...') or the seed "
+                             f"defines a trained run; put it in 'grid' (or 'seeds')")
+        if isinstance(v, (str, bytes)) or not isinstance(v, Sequence) or not list(v):
+            raise ValueError(f"sweep {name}: eval_grid axis {k!r} needs a non-empty list of "
+                             f"values, got {v!r}")
+        out[k] = list(v)
+    check_eval_only(list(out), f"sweep {name}: eval_grid",
+                    "Move such keys to 'grid' (a training axis: one trained run per value); "
+                    "eval_grid is for settings that evaluate one trained run in several ways.")
+    training = set(grid or {}) | set((random or {}).get("space", {}))
+    for t in trials or []:
+        training |= set(t)
+    both = sorted(set(out) & training)
+    if both:
+        raise ValueError(f"sweep {name}: {both} are both training axes and eval_grid axes; "
+                         f"keep each key in one of them")
+    return out
 
 
 def _check_optuna(name: str, spec: Any) -> dict:
@@ -305,6 +373,9 @@ class Trial:
     spec: str  # config spec with the variant args merged, e.g. /abs/configs/adding.py:T=200
     config_overrides: dict[str, Any]  # dotted keys: fixed + study overrides + seed
     workdir: Path
+    # The eval grid's combinations, each evaluated on this trial's trained workdir.
+    evaluations: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    eval_checkpoint: str = "latest"
 
     @property
     def seed(self) -> int:
@@ -327,6 +398,20 @@ class Trial:
     def to_json(self) -> dict:
         return {"name": self.name, "overrides": self.overrides, "spec": self.spec,
                 "config_overrides": self.config_overrides, "workdir": str(self.workdir)}
+
+    @staticmethod
+    def eval_args(evaluation: Mapping[str, Any]) -> list[str]:
+        """An eval combination as ``["k=v", ...]`` (what ``rnnjax eval --config.k=v`` takes
+        and what names its record, :meth:`rnnjax.train.workdir.Workdir.eval_name`)."""
+        return [f"{k}={format_cli_value(v)}" for k, v in evaluation.items()]
+
+    def eval_command(self, evaluation: Mapping[str, Any], python: str = sys.executable
+                     ) -> list[str]:
+        """The ``rnnjax eval --record`` that evaluates this trial's trained workdir with
+        one combination of the eval grid."""
+        return [python, "-m", "rnnjax", "eval", "--workdir", str(self.workdir),
+                "--checkpoint", self.eval_checkpoint,
+                *[f"--config.{a}" for a in self.eval_args(evaluation)], "--record"]
 
 
 def format_cli_value(v: Any) -> str:
@@ -408,6 +493,14 @@ def configurations(study: Study) -> list[dict[str, Any]]:
     return [{}]
 
 
+def evaluations(study: Study) -> list[dict[str, Any]]:
+    """The eval grid's combinations (Cartesian product), in order; ``[]`` without one."""
+    if not study.eval_grid:
+        return []
+    keys = list(study.eval_grid)
+    return [dict(zip(keys, combo)) for combo in itertools.product(*study.eval_grid.values())]
+
+
 def _spec_with_args(base: str, base_path: Path, args: Mapping[str, Any]) -> str:
     """``configs/x.py:a=1`` + ``{":b": 2}`` -> ``/abs/configs/x.py:a=1,b=2`` (later wins)."""
     _, sep, arg = base.partition(":")
@@ -459,9 +552,11 @@ def make_trial(study: Study, overrides: dict[str, Any], names: Mapping[str, str]
     # The hash covers what defines the run: base config, fixed values, overrides.
     ident = {"base": study.base, "fixed": study.fixed, "overrides": overrides,
              **(identity or {})}
+    # The eval grid is not in it: evaluating a run in more ways reuses the trained run.
     name = prefix + trial_name(overrides, names, ident)
     return Trial(name=name, overrides=overrides,
                  spec=_spec_with_args(study.base, study.base_path, args),
-                 config_overrides=config_overrides, workdir=Path(root) / name)
+                 config_overrides=config_overrides, workdir=Path(root) / name,
+                 evaluations=evaluations(study), eval_checkpoint=study.eval_checkpoint)
 
 
