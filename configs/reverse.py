@@ -1,4 +1,5 @@
-"""Sequence reversal (or copy) as seq2seq: "abcde" -> "edcba", with and without the tricks.
+"""Sequence reversal (or copy, or filter) as seq2seq: "abcde" -> "edcba", with and without the
+tricks.
 
 Launch:
 
@@ -6,6 +7,7 @@ Launch:
     rnnjax train --config configs/reverse.py:reverse_source --workdir runs/reverse_rs
     rnnjax train --config configs/reverse.py:attention=luong_general --workdir runs/reverse_attn
     rnnjax train --config configs/reverse.py:task=copy,reverse_source --workdir runs/copy_rs
+    rnnjax train --config configs/reverse.py:task=filter --workdir runs/filter
     rnnjax decode --workdir runs/reverse --input "abcdefg"
     rnnjax train --config configs/reverse.py:smoke --workdir /tmp/smoke
 
@@ -13,6 +15,9 @@ Reversing a string fed forwards makes the first target token depend on the last
 source token (a short dependency), while copying makes it depend on the first (a
 long one); ``reverse_source`` (Sutskever et al. 2014) swaps the two. Attention
 removes the difference: the decoder reads any source position directly.
+``task=filter`` copies only the letters of the alphabet's first half ("agbjc" -> "abc"):
+the output's length depends on the content (0 to the input's length), so the decoder
+must decide where to stop; experiments/decoding.py uses it for the length penalty.
 
 Expected (measured 2026-11-26 on the shared 2-core CPU, load 5-9; strings of 5-15
 letters over 10 symbols, GRU 128, 2,000 steps, 512 eval strings; greedy / beam-4
@@ -26,9 +31,14 @@ reverse, reverse_source (= a copy)     0.715 / 0.756   74 s
 copy                                   0.689 / 0.742   96 s
 copy, reverse_source (= a reversal)    0.848 / 0.877   84 s
 reverse, attention=luong_general       0.994 / 0.994   130 s
+filter (*)                             0.980 / 0.982   82 s
+filter, data.max_len=30 (*)            0.818 / 0.840   138 s
 =====================================  ==============  =======
 
-Variants (``:key=value,...``): task (reverse|copy), reverse_source, attention
+(*) measured 2026-11-29, load 6-7, trained with ``decode.beam_size=0`` (greedy only in
+the periodic evaluations), beam-4 measured afterwards on the last checkpoint.
+
+Variants (``:key=value,...``): task (reverse|copy|filter), reverse_source, attention
 (none|bahdanau|luong_dot|luong_general), input_feeding, cell, bidirectional,
 objective (teacher_forcing|scheduled_sampling|free_running), smoke.
 """

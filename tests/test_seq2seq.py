@@ -305,6 +305,69 @@ def test_nothing_after_eos_counts():
         assert r1[2][k] == r2[2][k], k
 
 
+def test_filter_data_keeps_the_first_half_of_the_alphabet_in_order():
+    rng = np.random.default_rng(3)
+    b = s2s.filter_task(rng, 64, alphabet_size=5, min_len=1, max_len=7)
+    first = 4  # <pad>, <bos>, <eos>, <unk>: the letters start at 4
+    assert s2s.filter_kept(5) == 3 and s2s.filter_kept(10) == 5
+    lengths = []
+    for i in range(64):
+        src = b["src"][i, : b["src_lengths"][i]].tolist()
+        want = [t for t in src if t - first < 3]  # a, b, c
+        n = len(want)
+        lengths.append(n)
+        assert b["targets"][i, : n + 1].tolist() == want + [EOS_ID]
+        assert np.all(b["targets"][i, n + 1:] == PAD_ID)
+        assert b["decoder_inputs"][i, : n + 1].tolist() == [BOS_ID] + want
+        assert b["target_mask"][i].tolist() == [1.0] * (n + 1) + [0.0] * (7 - n)
+    # The output length is not the input's: it varies, empty outputs included.
+    assert 0 in lengths and max(lengths) >= 5
+    assert any(n != ln for n, ln in zip(lengths, b["src_lengths"]))
+    # The same draws as the copy task: only the answers differ.
+    c = s2s.string_task(np.random.default_rng(3), 64, 5, 1, 7, reverse=False)
+    np.testing.assert_array_equal(c["src"], b["src"])
+
+
+EOS_BIAS = 1.0
+
+
+def test_too_short_counts_outputs_that_end_before_their_target():
+    c = task_config("reverse")
+    c.data.name, c.data.min_len, c.data.max_len = "filter", 1, 6
+    c.decode.beam_size = 2
+    task = s2s.TASK(c)
+    model = task.build_model(nnx.Rngs(1))
+    model.eval()
+    # An untrained model rarely says <eos>; a bias towards it makes some outputs end early.
+    model.out.bias[...] = model.out.bias[...].at[EOS_ID].add(EOS_BIAS)
+    b = {k: jnp.asarray(v) for k, v in task.eval_batches(32)[0].items()}
+    graphdef, params = nnx.split(model)
+    T = b["targets"].shape[1]
+
+    @jax.jit
+    def run(params, b):
+        m = nnx.merge(graphdef, params)
+        carry, context = m.encode(b["src"], b["src_lengths"])
+        kw = dict(bos_id=BOS_ID, eos_id=EOS_ID, max_len=T, pad_id=PAD_ID)
+        return (task.eval_sums(m, b), decoding.greedy_decode(m.step, carry, context, **kw),
+                decoding.beam_search(m.step, carry, context, beam_size=2, length_penalty="gnmt",
+                                     **kw))
+
+    sums, g, bm = jax.device_get(run(params, b))
+    metrics = task.summarize(sums)
+    targets = np.asarray(b["targets"])
+
+    def ends(tokens):  # the index of the first <eos>; T + 1 where there is none
+        return [list(row).index(EOS_ID) if EOS_ID in row else T + 1 for row in tokens.tolist()]
+
+    want_g = np.mean(np.array(ends(g.tokens)) < np.array(ends(targets)))
+    want_b = np.mean(np.array(ends(bm.tokens[:, 0])) < np.array(ends(targets)))
+    assert metrics["greedy_too_short"] == pytest.approx(want_g)
+    assert metrics["beam_too_short"] == pytest.approx(want_b)
+    # Some outputs end early and some do not: the check has teeth.
+    assert 0 < want_g < 1 and 0 < want_b < 1, (want_g, want_b)
+
+
 def test_task_state_counts_steps_and_drives_the_coin():
     c = task_config("addition", mode="scheduled_sampling", schedule="linear", k=1.0, c=0.1)
     task = s2s.TASK(c)

@@ -7,7 +7,11 @@
   operand, ``reverse_target`` (answer digits least significant first; the decoded
   text is turned back, so outputs always read as the sum);
 * ``reverse`` / ``copy``: a random string over ``alphabet_size`` letters (``a``,
-  ``b``, ...) of a length uniform in ``[min_len, max_len]``, to be reversed or copied.
+  ``b``, ...) of a length uniform in ``[min_len, max_len]``, to be reversed or copied;
+* ``filter``: such a string, copied without the letters of the alphabet's second half
+  (``"agbjc"`` -> ``"abc"`` over 10 letters): the output's length varies with the
+  content, from 0 to the input's, so the decoder has to decide where to stop
+  (:func:`filter_task`).
 
 and for every source ``reverse_source``: feed each source backwards (Sutskever et
 al. 2014), which puts the first target tokens next to the source tokens they
@@ -51,8 +55,10 @@ checkpointed and a resumed run continues the schedule; the coins are drawn from
 
 Eval metrics: ``loss`` (teacher-forced nats per target token), ``token_accuracy``
 (teacher forced), ``greedy_exact_match`` and ``beam_exact_match`` (the whole output,
-``<eos>`` included, equals the target), all decoded by the jit-compiled decoders of
-:mod:`rnnjax.decoding` inside the eval step.
+``<eos>`` included, equals the target), and ``greedy_too_short`` and ``beam_too_short``
+(the fraction of outputs that end before their target does: the short-hypothesis bias
+that beam search without length normalisation has), all decoded by the jit-compiled
+decoders of :mod:`rnnjax.decoding` inside the eval step.
 
 Tasks must never import the trainer or the CLI.
 """
@@ -76,7 +82,7 @@ from rnnjax.models.lm import token_cross_entropy
 from rnnjax.models.seq2seq import Seq2Seq
 from rnnjax.tasks.base import Task, model_kwargs
 
-SOURCES = ("addition", "reverse", "copy")
+SOURCES = ("addition", "reverse", "copy", "filter")
 MODES = ("teacher_forcing", "free_running", "scheduled_sampling")
 SCHEDULES = ("constant", "linear", "exponential", "inverse_sigmoid")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -151,25 +157,62 @@ def reverse_valid(tokens: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.take_along_axis(tokens, idx, axis=1)
 
 
-def string_task(rng: np.random.Generator, batch_size: int, alphabet_size: int, min_len: int,
-                max_len: int, reverse: bool) -> dict[str, np.ndarray]:
-    """Random strings to reverse (or copy): ``S = max_len``, ``T = max_len + 1``."""
+def _draw_strings(rng: np.random.Generator, batch_size: int, alphabet_size: int, min_len: int,
+                  max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(src (B, max_len), lengths (B,))``: letters uniform over the alphabet, lengths
+    uniform in ``[min_len, max_len]``, ``<pad>`` after."""
     first = len(SPECIALS)
     lengths = rng.integers(min_len, max_len + 1, size=batch_size).astype(np.int32)
     valid = np.arange(max_len)[None, :] < lengths[:, None]
     src = np.where(valid, rng.integers(0, alphabet_size, (batch_size, max_len)) + first,
                    PAD_ID).astype(np.int32)
-    ans = reverse_valid(src, lengths) if reverse else src
+    return src, lengths
+
+
+def _frame(src: np.ndarray, src_lengths: np.ndarray, ans: np.ndarray,
+           ans_lengths: np.ndarray) -> dict[str, np.ndarray]:
+    """A batch from the answers ``ans (B, max_len)`` (``<pad>`` after ``ans_lengths``):
+    ``decoder_inputs`` ``<bos> y``, ``targets`` ``y <eos>``, ``T = max_len + 1``."""
+    batch_size, max_len = ans.shape
     T = max_len + 1
     dec_in = np.full((batch_size, T), PAD_ID, np.int32)
     targets = np.full((batch_size, T), PAD_ID, np.int32)
     dec_in[:, 0] = BOS_ID
     dec_in[:, 1:] = ans
     targets[:, :max_len] = ans
-    targets[np.arange(batch_size), lengths] = EOS_ID
-    mask = (np.arange(T)[None, :] <= lengths[:, None]).astype(np.float32)
-    return {"src": src, "src_lengths": lengths, "decoder_inputs": dec_in, "targets": targets,
-            "target_mask": mask}
+    targets[np.arange(batch_size), ans_lengths] = EOS_ID
+    mask = (np.arange(T)[None, :] <= ans_lengths[:, None]).astype(np.float32)
+    return {"src": src, "src_lengths": src_lengths, "decoder_inputs": dec_in,
+            "targets": targets, "target_mask": mask}
+
+
+def string_task(rng: np.random.Generator, batch_size: int, alphabet_size: int, min_len: int,
+                max_len: int, reverse: bool) -> dict[str, np.ndarray]:
+    """Random strings to reverse (or copy): ``S = max_len``, ``T = max_len + 1``."""
+    src, lengths = _draw_strings(rng, batch_size, alphabet_size, min_len, max_len)
+    return _frame(src, lengths, reverse_valid(src, lengths) if reverse else src, lengths)
+
+
+def filter_task(rng: np.random.Generator, batch_size: int, alphabet_size: int, min_len: int,
+                max_len: int) -> dict[str, np.ndarray]:
+    """Random strings, to be copied without the letters of the alphabet's second half:
+    ``"agbjc" -> "abc"`` over 10 letters (``a``-``e`` kept). The answer's length is the
+    number of kept letters, from 0 to the source length (binomial, half on average), so
+    it is not the source's length: the decoder must know when the kept letters run out.
+    ``S = max_len``, ``T = max_len + 1`` (an empty answer is ``<eos>`` alone)."""
+    src, lengths = _draw_strings(rng, batch_size, alphabet_size, min_len, max_len)
+    kept = (src != PAD_ID) & (src < len(SPECIALS) + filter_kept(alphabet_size))
+    # A stable sort of "not kept" moves the kept letters to the front, in their order.
+    order = np.argsort(~kept, axis=1, kind="stable")
+    n_kept = kept.sum(axis=1).astype(np.int32)
+    ans = np.take_along_axis(src, order, axis=1)
+    ans = np.where(np.arange(max_len)[None, :] < n_kept[:, None], ans, PAD_ID).astype(np.int32)
+    return _frame(src, lengths, ans, n_kept)
+
+
+def filter_kept(alphabet_size: int) -> int:
+    """How many letters (the first ones) the ``filter`` task keeps: half, rounded up."""
+    return (alphabet_size + 1) // 2
 
 
 class Seq2SeqTask(Task):
@@ -192,7 +235,7 @@ class Seq2SeqTask(Task):
                 return {"src": r["inputs"], "src_lengths": r["lengths"],
                         "decoder_inputs": r["decoder_inputs"], "targets": r["targets"],
                         "target_mask": r["loss_mask"]}
-        elif self.source in ("reverse", "copy"):
+        elif self.source in ("reverse", "copy", "filter"):
             if not 1 <= d.alphabet_size <= len(LETTERS):
                 raise ValueError(f"data.alphabet_size must be in [1, 26], got {d.alphabet_size}")
             if not 1 <= d.min_len <= d.max_len:
@@ -202,6 +245,8 @@ class Seq2SeqTask(Task):
             self.max_source_len, self.max_target_len = d.max_len, d.max_len + 1
 
             def generate(rng, b):
+                if self.source == "filter":
+                    return filter_task(rng, b, d.alphabet_size, d.min_len, d.max_len)
                 return string_task(rng, b, d.alphabet_size, d.min_len, d.max_len,
                                    reverse=self.source == "reverse")
         else:
@@ -343,10 +388,15 @@ class Seq2SeqTask(Task):
         nats, n = token_cross_entropy(logits, targets, mask)
         correct = (jnp.argmax(logits, -1) == targets) * mask
         greedy, beam = self._decoders(model, carry, context, targets.shape[1])
+        # Target length with its <eos>, as the decoders count theirs (a decoder that never
+        # emits <eos> reports max_len = T, longer than any target).
+        target_len = jnp.sum(batch["target_mask"], axis=1)
         sums = {"nats": nats, "n": n, "correct": jnp.sum(correct), "seqs": jnp.sum(rows),
-                "greedy_ok": jnp.sum(jnp.all(greedy.tokens == targets, axis=1) * rows)}
+                "greedy_ok": jnp.sum(jnp.all(greedy.tokens == targets, axis=1) * rows),
+                "greedy_short": jnp.sum((greedy.lengths < target_len) * rows)}
         if beam is not None:
             sums["beam_ok"] = jnp.sum(jnp.all(beam.tokens[:, 0] == targets, axis=1) * rows)
+            sums["beam_short"] = jnp.sum((beam.lengths[:, 0] < target_len) * rows)
         return sums
 
     def summarize(self, sums):
@@ -354,9 +404,11 @@ class Seq2SeqTask(Task):
         nats = float(sums["nats"]) / n
         out = {"loss": nats, "perplexity": math.exp(min(nats, 700.0)),
                "token_accuracy": float(sums["correct"]) / n,
-               "greedy_exact_match": float(sums["greedy_ok"]) / seqs}
+               "greedy_exact_match": float(sums["greedy_ok"]) / seqs,
+               "greedy_too_short": float(sums["greedy_short"]) / seqs}
         if "beam_ok" in sums:
             out["beam_exact_match"] = float(sums["beam_ok"]) / seqs
+            out["beam_too_short"] = float(sums["beam_short"]) / seqs
         return out
 
     # extras -----------------------------------------------------------------
