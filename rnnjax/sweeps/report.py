@@ -365,18 +365,27 @@ def plot_study(study: Study, results: Sequence[TrialResult], out_dir: str | Path
 def plot_evals(study: Study, rows: list[dict], out_dir: str | Path) -> list[Path]:
     """``evals_<metric>.png``: a final metric (mean ± std over seeds) against the first
     eval-grid axis, one line per combination of the other eval axes, one panel per
-    training configuration. The metric is ``plot.eval_metric``, else the study's first
-    final ``eval.*`` metric."""
+    training configuration. The metrics are ``plot.eval_metric`` (one name or a list),
+    else the study's first final ``eval.*`` metric."""
+    chosen = study.plot.get("eval_metric") or [
+        m for m in study.metrics if parse_metric(m)[0] == "eval" and parse_metric(m)[2] is None
+    ][:1]
+    chosen = [chosen] if isinstance(chosen, str) else list(chosen)
+    for m in chosen:
+        if m not in study.metrics or parse_metric(m)[2] is not None:
+            raise ValueError(f"study {study.name}: plot.eval_metric {m!r} must be one of the "
+                             f"study's final metrics (no ':agg'): {list(study.metrics)}")
+    if not study.eval_axes:
+        return []
+    return [_plot_eval_metric(study, rows, m, out_dir) for m in chosen]
+
+
+def _plot_eval_metric(study: Study, rows: list[dict], metric: str, out_dir: str | Path
+                      ) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    metric = study.plot.get("eval_metric") or next(
-        (m for m in study.metrics if parse_metric(m)[0] == "eval" and parse_metric(m)[2] is None),
-        None)
-    if metric is None or not study.eval_axes:
-        return []
     _, names = _columns(study)
     x_key, rest = study.eval_axes[0], study.eval_axes[1:]
     panels = list(dict.fromkeys(json.dumps({k: r["overrides"].get(k) for k in study.axes},
@@ -421,7 +430,7 @@ def plot_evals(study: Study, rows: list[dict], out_dir: str | Path) -> list[Path
     path = out / f"evals_{metric.replace('.', '_').replace(':', '_')}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return [path]
+    return path
 
 
 def _label(overrides: dict, names: dict[str, str]) -> str:
