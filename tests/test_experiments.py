@@ -53,10 +53,20 @@ def test_every_trial_config_loads(path, tmp_path):
             cfg = load_config(t.spec, t.cli_overrides())
             assert cfg.seed == t.seed
             for k, v in t.config_overrides.items():
-                node = cfg
-                for part in k.split("."):
-                    node = node[part]
-                assert node == (tuple(v) if isinstance(v, list) else v), (spec, k)
+                assert _get(cfg, k) == (tuple(v) if isinstance(v, list) else v), (spec, k)
+            # Each evaluation's overrides load on the trained config, as `rnnjax eval`
+            # applies them (the strings it is given).
+            for e in t.evaluations:
+                cfg = load_config(t.spec, t.cli_overrides() + t.eval_args(e))
+                for k, v in e.items():
+                    assert _get(cfg, k) == v, (spec, k)
+
+
+def _get(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.stem)
@@ -66,6 +76,7 @@ def test_smoke_mode_is_ci_sized_and_builds(path, tmp_path):
     study = load_study(str(path), smoke=True)
     trials = _trials(study, tmp_path)
     assert study.seeds == [0] and 1 <= len(trials) <= 6
+    assert sum(len(t.evaluations) for t in trials) <= 4  # each a process of its own
     for t in trials:
         cfg = load_config(t.spec, t.cli_overrides())
         assert cfg.train.steps <= 10 and cfg.model.hidden <= 16
@@ -96,3 +107,5 @@ def test_every_smoke_study_runs_end_to_end(path, tmp_path):
         pytest.importorskip("optuna", reason=OPTUNA_REASON)
     out = run_sweep(str(path), tmp_path, workers=2, smoke=True, log=lambda s: None)
     assert set(out["counts"]) == {"done"}, out["counts"]
+    if load_study(str(path)).eval_grid:
+        assert set(out["eval_counts"]) == {"done"}, out["eval_counts"]
