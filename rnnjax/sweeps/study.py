@@ -23,6 +23,8 @@ e.g. ``:smoke`` or ``:quick``)::
       "metrics": {"eval.mse": "min", "train.grad_norm:max": "min"},  # what report shows
       "success": {"eval.mse": ("<=", 0.01)},  # report: fraction of seeds that reach it
       "plot": {"metric": "eval.mse", "panel": ":T", "logy": True},   # report's curves
+      # (with an eval_grid also "eval_metric": a final metric or a list, plotted against
+      # the first eval axis)
     }
 
 Override keys are dotted config keys (``optim.lr``, ``seed``) or, with a leading
