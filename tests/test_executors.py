@@ -165,6 +165,21 @@ def ray_session():
 
 
 @pytest.mark.subprocess
+def test_ray_runs_a_jobs_follow_up_commands_in_its_task(ray_session, tmp_path):
+    """A trial's evaluations travel with its Job to the Ray task and come back in its
+    Outcome (the sweep's eval grid on Ray; SLURM is run end to end in test_sweep.py)."""
+    from rnnjax.sweeps.executors import Job
+
+    job = Job("k", _py("print('train')"), tmp_path / "out.log", tmp_path / "err.log",
+              then=[_py("print('eval 1')"), _py("import sys; sys.exit(3)")])
+    with get_executor("ray") as ex:
+        (future,) = ex.submit([job], lambda j: None)
+        out = future.result(timeout=300)
+    assert (out.returncode, out.then_returncodes) == (0, [0, 3])
+    assert (tmp_path / "out.log").read_text().split() == ["train", "eval", "1"]
+
+
+@pytest.mark.subprocess
 def test_ray_runs_the_study_records_the_failure_and_resumes(ray_session, tmp_path):
     study = _study_file(tmp_path)
     out = run_sweep(str(study), tmp_path / "root", executor="ray", log=lambda s: None)

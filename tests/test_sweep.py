@@ -557,3 +557,22 @@ def test_eval_grid_trains_once_per_seed_reports_rnnjax_eval_and_resumes(tmp_path
     bad = next(r for r in out["rows"] if r["overrides"]["decode.length_penalty"] == "shortest")
     assert (bad["done"], bad["failed"]) == (0, 2) and len(bad["errors"]) == 2
     assert all("length_penalty=shortest" in label for label, _ in bad["errors"])
+
+
+def test_sweep_command_fails_naming_the_failed_evaluations(monkeypatch, capsys):
+    """`rnnjax sweep` exits 1 when an evaluation failed, as for a failed trial, and names
+    the trial, the evaluation's record and its error."""
+    import rnnjax.sweeps.runner as runner
+    from rnnjax.cli import main
+
+    summary = {"root": "r", "counts": {"done": 1}, "eval_counts": {"done": 1, "failed": 1},
+               "trials": [{"name": "seed=0-abc", "status": "done", "workdir": "r/seed=0-abc",
+                           "eval_errors": [{"eval": "latest-decode.beam_size=9-1234abcd",
+                                            "error": "ValueError: too wide"}]}]}
+    monkeypatch.setattr(runner, "run_sweep", lambda *a, **k: summary)
+    assert main(["sweep", "experiments/decoding.py"]) == 1
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"root": "r", "counts": {"done": 1},
+                               "eval_counts": {"done": 1, "failed": 1}}
+    assert "1 evaluations failed" in err and "seed=0-abc latest-decode.beam_size=9-1234abcd: " \
+        "ValueError: too wide" in err
