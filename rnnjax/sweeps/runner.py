@@ -21,7 +21,9 @@ a trained trial with evaluations to do runs ``rnnjax train`` again, which only c
 that it is finished, then the missing evaluations. An evaluation that fails has its
 record (``evals/<name>.json``, status ``failed``) written by ``rnnjax eval``, or here
 from the job's stderr when the process died without writing it; the next sweep
-retries it.
+retries it. Evaluations run only after a training that exited 0: a vmapped group with a
+diverged member exits non-zero, and its finished members' evaluations wait for the next
+sweep (which runs them, the finished members in a job of their own).
 
 This module never imports models or cells: trials are processes, results files.
 """
