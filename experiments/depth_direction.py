@@ -12,7 +12,9 @@ Launch (3 depths x 2 directions x 3 seeds = 18 runs; an unmeasured estimate is
     rnnjax sweep experiments/depth_direction.py --workers 2 --vmap-seeds
     rnnjax report experiments/depth_direction.py
 
-Smoke (CI): ``rnnjax sweep experiments/depth_direction.py --smoke``.
+``:quick`` (2 seeds, 1,500 steps; 12 runs) is the scale run on the 2-core CPU, see
+docs/studies/depth_direction.md. Smoke (CI): ``rnnjax sweep experiments/depth_direction.py
+--smoke``.
 
 EXPECTED FINDING: the forward direction must carry the first symbol 80-90 steps
 to the end, the backward direction only 10-20 steps to t=0 (Schuster & Paliwal
@@ -34,7 +36,7 @@ from rnnjax.configlib import parse_arg
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, cell="lstm", T=100, smoke=False)
+    arg = parse_arg(arg, cell="lstm", T=100, quick=False, smoke=False)
     sweep = {
         "base": f"configs/temporal_order.py:cell={arg.cell},T={arg.T}",
         "grid": {":layers": [1, 2, 3], ":bidirectional": [False, True]},
@@ -48,6 +50,9 @@ def get_sweep(arg=None):
         "plot": {"metric": "eval.accuracy", "panel": ":bidirectional"},
         "description": "Temporal order (4 classes, chance 0.25): depth and direction.",
     }
+    if arg.quick:  # the CPU scale of docs/studies/depth_direction.md: 2 seeds, 1,500 steps
+        sweep["seeds"] = [0, 1]
+        sweep["fixed"] = {**sweep["fixed"], "train.steps": 1500}
     if arg.smoke:
         sweep["base"] = f"configs/temporal_order.py:cell={arg.cell},smoke"
         sweep["grid"] = {":layers": [1, 2], ":bidirectional": [False, True]}
