@@ -11,20 +11,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rnnjax.nn import make_rnn
 from rnnjax.nn.mlstm import (
-    MLSTMCell,
     MLSTMMemory,
     mlstm_chunkwise,
     mlstm_parallel,
     mlstm_recurrent,
     mlstm_step,
 )
-from rnnjax.nn.scan import masked_scan
 
 B, N, DK, DV = 2, 2, 4, 3
 
@@ -185,109 +181,4 @@ def test_gradients_match_float64_finite_differences(x64, form):
     check_grads(loss, xs + tuple(s0), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
 
 
-# ---------------------------------------------------------------------------
-# The cell (rnnjax.nn.mlstm.MLSTMCell) on the protocol.
-# ---------------------------------------------------------------------------
-def _cell(impl="auto", E=3, H=8, **kw):
-    return MLSTMCell(E, H, num_heads=2, impl=impl, rngs=nnx.Rngs(0), **kw)
-
-
-def _random_carry(cell, rng, b):
-    c = cell.initialize_carry((b,))
-    return type(c)(*(jnp.asarray(rng.standard_normal(a.shape), a.dtype) for a in c))
-
-
-@pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("impl,chunk", [("chunkwise", 3), ("chunkwise", 64), ("parallel", 64),
-                                        ("recurrent", 64)])
-def test_cell_sequence_form_equals_step_form_with_ragged_mask(impl, chunk, reverse):
-    """scan_projected (every impl) == masked_scan of step_projected, the protocol's
-    definition, on ragged rows (one row empty) in both directions, from a random carry."""
-    rng = np.random.default_rng(4)
-    cell = _cell(impl, chunk_size=chunk)
-    T, b = 7, 3
-    x = jnp.asarray(rng.standard_normal((T, b, 3)), jnp.float32)
-    mask = jnp.arange(T)[:, None] < jnp.asarray([7, 4, 0])[None, :]
-    carry = _random_carry(cell, rng, b)
-    xp = cell.project_inputs(x)
-    want_c, want_y = masked_scan(cell.step_projected, carry, xp, mask, reverse=reverse)
-    got_c, got_y = cell.scan_projected(carry, xp, mask, reverse=reverse)
-    np.testing.assert_allclose(got_y, want_y, atol=2e-5, rtol=1e-5)
-    for g, w in zip(got_c, want_c):
-        np.testing.assert_allclose(g, w, atol=2e-5, rtol=1e-5)
-
-
-def test_cell_padded_row_equals_row_run_alone():
-    rng = np.random.default_rng(5)
-    cell = _cell("chunkwise", chunk_size=2)
-    T = 6
-    x = jnp.asarray(rng.standard_normal((T, 2, 3)), jnp.float32)
-    mask = jnp.arange(T)[:, None] < jnp.asarray([6, 3])[None, :]
-    c0 = cell.initialize_carry((2,))
-    for reverse in (False, True):
-        c, y = cell.scan_projected(c0, cell.project_inputs(x), mask, reverse=reverse)
-        c1, y1 = cell.scan_projected(cell.initialize_carry((1,)), cell.project_inputs(x[:3, 1:]),
-                                     reverse=reverse)
-        np.testing.assert_allclose(y[:3, 1:], y1, atol=1e-5)
-        assert np.all(np.asarray(y[3:, 1]) == 0)
-        np.testing.assert_allclose(c.h[1:], c1.h, atol=1e-5)
-        np.testing.assert_allclose(c.c[1:], c1.c, atol=1e-5)
-
-
-def test_cell_perturbed_step_reaches_output_and_next_state():
-    rng = np.random.default_rng(6)
-    cell = _cell()
-    carry = _random_carry(cell, rng, 2)
-    xp = cell.project_inputs(jnp.asarray(rng.standard_normal((2, 3)), jnp.float32))
-    c0, y0 = cell.perturbed_step(carry, xp, jnp.zeros((2, cell.state_width)))
-    _, y_ref = cell.step_projected(carry, xp)
-    np.testing.assert_array_equal(y0, y_ref)
-    eps = jnp.asarray(rng.standard_normal((2, cell.state_width)), jnp.float32)
-    c1, y1 = cell.perturbed_step(carry, xp, eps)
-    np.testing.assert_allclose(c1.c - c0.c, eps.reshape(c0.c.shape), atol=1e-6)
-    assert np.abs(np.asarray(y1 - y0)).max() > 1e-4
-    gates = cell.gate_activations(carry, xp)
-    assert {k: v[1].shape for k, v in gates.items()} == {"f": (2, 8), "o": (2, 8)}
-
-
-def test_cell_in_a_bidirectional_stack():
-    rng = np.random.default_rng(7)
-    model = make_rnn("mlstm", 3, 8, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
-                     num_heads=2, chunk_size=2)
-    x = jnp.asarray(rng.standard_normal((2, 5, 3)), jnp.float32)
-
-    def loss(m):
-        out = m(x)
-        out = out[0] if isinstance(out, tuple) else out
-        return jnp.sum(out ** 2)
-
-    val, grads = nnx.value_and_grad(loss)(model)
-    assert np.isfinite(float(val))
-    assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
-
-
-def test_adding_smoke_trains_with_mlstm(tmp_path):
-    from rnnjax.configlib import load_config
-    from rnnjax.train.trainer import train_and_evaluate
-
-    cfg = load_config("configs/adding.py:smoke", ["model.cell=mlstm"])
-    results = train_and_evaluate(cfg, tmp_path, progress=False)
-    finite = [v for v in jax.tree.leaves(results) if isinstance(v, float)]
-    assert finite and all(np.isfinite(finite)), results
-
-
-def test_cell_diagnostics_run_through_the_hooks():
-    from rnnjax.diagnostics import diagnose
-
-    model = make_rnn("mlstm", 3, 8, num_layers=1, rngs=nnx.Rngs(0), num_heads=2)
-    x = jnp.asarray(np.random.default_rng(12).standard_normal((2, 6, 3)), jnp.float32)
-
-    def loss(m):
-        out = m(x)
-        out = out[0] if isinstance(out, tuple) else out
-        return jnp.mean(out[:, -1] ** 2)
-
-    d = diagnose(model, loss)
-    norms = np.asarray(d["grad_norms"]["0"])
-    assert norms.shape[0] == 6 and np.all(np.isfinite(norms)) and norms.max() > 0
-    assert set(d["gate_saturation"]["0"]) >= {"f", "o"}
+# The cell (MLSTMCell) on the protocol, every impl: tests/test_cell_contract.py.

@@ -13,9 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from rnnjax.configlib import load_config
-from rnnjax.diagnostics import diagnose, hidden_grads
-from rnnjax.nn import make_cell, make_rnn
+from rnnjax.nn import make_cell
 from rnnjax.nn.rglru import (
     RGLRUParams,
     rglru_a_param_init,
@@ -23,7 +21,6 @@ from rnnjax.nn.rglru import (
     rglru_scan,
     rglru_step,
 )
-from rnnjax.train.trainer import train_and_evaluate
 
 B, T, H, N = 2, 9, 8, 2  # N heads of H/N = 4 channels
 
@@ -190,116 +187,17 @@ def test_finite_differences(x64):
 
 # ---- the cell (rnnjax.nn.cell protocol) ---------------------------------------------------
 
+# The protocol checks every cell family shares (step == sequence form, ragged rows,
+# stacked bidirectional layers, diagnostics hooks, training from a config) are in
+# tests/test_cell_contract.py; here is what only this family has.
+
 CE, CH, CB, CT = 3, 4, 3, 7  # cell sizes: E, H, B, T
-CELL_NAME = "rglru"
 CELL_KW = {"num_heads": 2}
-CELL_MODES = ("associative", "sequential")
-CLENGTHS = np.array([7, 3, 1])
-
-
-def _cell(seed=0, **kw):
-    return make_cell(CELL_NAME, CE, CH, rngs=nnx.Rngs(seed), **{**CELL_KW, **kw})
-
-
-def _perturb_carry(carry, key):
-    """A non-zero initial carry, so that tests see the state flow in."""
-    leaves, tree = jax.tree.flatten(carry)
-    keys = jax.random.split(key, len(leaves))
-    return jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, v.shape, v.dtype)
-                                     for k, v in zip(keys, leaves)])
-
-
-@pytest.mark.parametrize("mode", CELL_MODES)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_cell_step_form_equals_sequence_form(mode, reverse):
-    cell = _cell(scan_mode=mode)
-    x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
-    c0 = _perturb_carry(cell.initialize_carry(CB), jax.random.key(2))
-    carry, ys_loop = c0, [None] * CT
-    for t in (reversed(range(CT)) if reverse else range(CT)):
-        carry, ys_loop[t] = cell(carry, x[t])
-    final, ys = cell.scan_projected(c0, cell.project_inputs(x), reverse=reverse)
-    np.testing.assert_allclose(ys, jnp.stack(ys_loop), atol=1e-5)
-    for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(carry)):
-        np.testing.assert_allclose(a, b, atol=1e-5)
-    assert final._fields[0] == "h"
-
-
-@pytest.mark.parametrize("mode", CELL_MODES)
-@pytest.mark.parametrize("reverse", [False, True])
-def test_cell_ragged_row_equals_row_alone(mode, reverse):
-    cell = _cell(scan_mode=mode)
-    x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
-    c0 = _perturb_carry(cell.initialize_carry(CB), jax.random.key(2))
-    mask = jnp.asarray(np.arange(CT)[:, None] < CLENGTHS[None])
-    final, ys = cell.scan_projected(c0, cell.project_inputs(x), mask, reverse=reverse)
-    for r, n in enumerate(CLENGTHS):
-        row_c0 = jax.tree.map(lambda v, r=r: v[r : r + 1], c0)
-        f1, y1 = cell.scan_projected(row_c0, cell.project_inputs(x[:n, r : r + 1]),
-                                     reverse=reverse)
-        np.testing.assert_allclose(ys[:n, r], y1[:, 0], atol=1e-5)
-        assert np.all(np.asarray(ys[n:, r]) == 0)
-        for a, b in zip(jax.tree.leaves(final), jax.tree.leaves(f1)):
-            np.testing.assert_allclose(a[r], b[0], atol=1e-5)
-
-
-def test_cell_in_stacked_bidirectional_layers():
-    model = make_rnn(CELL_NAME, CE, CH, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
-                     **CELL_KW)
-    x = jax.random.normal(jax.random.key(1), (CB, CT, CE))
-    y = model(x, seq_lengths=jnp.asarray(CLENGTHS))
-    assert y.shape == (CB, CT, 2 * CH) and np.all(np.isfinite(np.asarray(y)))
-    # row 1 padded == row 1 alone, through both layers and directions
-    y1 = model(x[1:2, : CLENGTHS[1]])
-    np.testing.assert_allclose(y[1, : CLENGTHS[1]], y1[0], atol=1e-5)
-    assert np.all(np.asarray(y[1, CLENGTHS[1]:]) == 0)
-    g = nnx.grad(lambda m: jnp.sum(m(x, seq_lengths=jnp.asarray(CLENGTHS)) ** 2))(model)
-    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(g))
-
-
-def test_cell_diagnostics_hooks():
-    cell = _cell()
-    carry = _perturb_carry(cell.initialize_carry(CB), jax.random.key(2))
-    xp = cell.project_inputs(jax.random.normal(jax.random.key(1), (CB, CE)))
-    eps = jnp.zeros((CB, cell.state_width))
-    c_ref, y_ref = cell.step_projected(carry, xp)
-    c_eps, y_eps = cell.perturbed_step(carry, xp, eps)
-    np.testing.assert_allclose(y_eps, y_ref, atol=1e-6)
-    for a, b in zip(jax.tree.leaves(c_eps), jax.tree.leaves(c_ref)):
-        np.testing.assert_allclose(a, b, atol=1e-6)
-    # eps reaches the output: d y / d eps is not zero
-    jac = jax.jacrev(lambda e: cell.perturbed_step(carry, xp, e)[1])(eps)
-    assert float(jnp.max(jnp.abs(jac))) > 0
-
-
-def test_cell_trains_on_adding_smoke(tmp_path):
-    cfg = load_config("configs/adding.py:smoke", [f"model.cell={CELL_NAME}"])
-    final = train_and_evaluate(cfg, tmp_path, progress=False)
-    assert final and all(np.isfinite(v) for v in final.values() if isinstance(v, float))
-
-
-def test_cell_gradient_through_time_diagnostics():
-    """diagnostics measures ∂L/∂state through the cell's own hooks: (T, B, state_width),
-    finite, non-zero on valid steps and zero past each row's length."""
-    model = make_rnn(CELL_NAME, CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
-    x = jax.random.normal(jax.random.key(1), (CB, CT, CE))
-
-    def loss_fn(m):
-        return jnp.sum(m(x, seq_lengths=jnp.asarray(CLENGTHS)) ** 2)
-
-    _, grads, record = hidden_grads(model, loss_fn)
-    g = np.asarray(grads["0"])
-    assert g.shape == (CT, CB, model.layers[0].cell.state_width)
-    assert np.all(np.isfinite(g)) and np.abs(g[0, 0]).max() > 0
-    for r, n in enumerate(CLENGTHS):
-        assert np.all(g[n:, r] == 0)
-    d = diagnose(model, loss_fn)
-    assert all(np.all(np.isfinite(v)) for v in d["grad_norms"].values())
 
 
 def test_cell_matches_float64_transcription():
     """The cell's wiring (dense input map, then the RG-LRU) against np_rglru in float64."""
-    cell = _cell()
+    cell = make_cell("rglru", CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
     x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
     _, ys = cell.scan_projected(cell.initialize_carry(CB), cell.project_inputs(x))
     xin = np.asarray(x, np.float64) @ np.asarray(cell.w_in[...], np.float64) + np.asarray(
