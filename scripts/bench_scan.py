@@ -148,7 +148,8 @@ def parse_args(argv=None):
         args.heads, args.chunk, args.kinds = 2, 16, ["bwd"]
     bad = [i for i in args.impls if i not in IMPLS]
     if bad or not args.impls:
-        p.error(f"unknown or empty --impls {bad}; known: {list(IMPLS)}")
+        p.error(f"unknown or empty --impls {bad}; known: {list(IMPLS)}, or the families "
+                f"{list(FAMILIES)}")
     if not args.kinds:
         p.error("--kinds must name fwd, bwd or both")
     if not args.T or min(args.T) < 1:
