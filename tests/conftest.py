@@ -35,7 +35,7 @@ def pytest_configure(config):
     """
     # In-process tests compile at XLA's backend optimisation level 0: LLVM's passes are
     # most of the compile time of the many small programs the tests build, and the
-    # programs are tiny, so the run is faster overall (docs/performance.md §14).
+    # programs are tiny, so the run is faster overall (docs/performance.md §15).
     # Subprocesses (`rnnjax train`, sweeps, benchmarks) run with the default flags, as
     # users do (tests/_helpers.env drops XLA_FLAGS). RNNJAX_TEST_XLA_OPT=default turns
     # this off.

@@ -51,10 +51,16 @@ def test_bench_decode_loops_agree_with_jit_beam_search(tmp_path, variant):
 
 
 def test_bench_scan_quick(tmp_path):
+    # --quick times the training step only (one compiled program per impl); fwd is null.
     r = run_script("bench_scan", "--quick", tmp_path=tmp_path)
-    assert r["complete"]
-    assert {row["impl"] for row in r["results"]} == set(r["args"]["impls"])
-    assert all(row["fwd_ms"] > 0 and row["bwd_ms"] > 0 for row in r["results"])
+    assert r["complete"] and r["args"]["kinds"] == ["bwd"]
+    assert [row["impl"] for row in r["results"]] == r["args"]["impls"]
+    assert len(r["args"]["impls"]) == 15  # every impl, old and new families
+    assert all(row["bwd_ms"] > 0 and row["fwd_ms"] is None for row in r["results"])
+    # every family with a fast and a sequential form gets its ratio (the sLSTM has none)
+    assert {p["family"] for p in r["families"]} == {"min_gru", "lru", "mlstm", "mamba2",
+                                                    "gdn", "rglru"}
+    assert all(p["ratio"] > 0 for p in r["families"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
