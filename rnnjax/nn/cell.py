@@ -40,9 +40,11 @@ that a cell overrides when the default does not fit:
   with no code outside its own file.
 
 The time-loop implementation, where a cell has more than one, is a cell argument
-``impl: "auto" | "fused" | "scan"`` (see :data:`IMPLS`), settable from a config
-through ``model.cell_kwargs.impl``. ``impl="scan"`` uses no custom VJP anywhere in
-the cell, so ``jax.jvp`` / ``jax.jacfwd`` / ``jax.hessian`` work through it.
+``impl: "auto" | "fused" | "scan" | "pallas"`` (see :data:`IMPLS`), settable from a
+config through ``model.cell_kwargs.impl``. ``impl="scan"`` uses no custom VJP anywhere
+in the cell, so ``jax.jvp`` / ``jax.jacfwd`` / ``jax.hessian`` work through it.
+``impl="pallas"`` is a GPU kernel (:mod:`rnnjax.nn.pallas_rnn`) that only the cells
+with one accept; ``"auto"`` never picks it.
 
 Registration: a cell family is one file in ``rnnjax/nn/`` that calls
 :func:`register_cell`. The registry imports every module of the ``rnnjax.nn``
@@ -67,16 +69,26 @@ from rnnjax.nn.types import Array, Carry
 
 #: The values of a cell's ``impl`` argument: ``"auto"`` uses the fused custom-VJP
 #: paths where they apply, ``"fused"`` insists on them (a ValueError where they
-#: cannot apply), ``"scan"`` uses plain autodiff everywhere (forward mode works).
-IMPLS = ("auto", "fused", "scan")
+#: cannot apply), ``"scan"`` uses plain autodiff everywhere (forward mode works),
+#: ``"pallas"`` the time loop as a Pallas GPU kernel (:mod:`rnnjax.nn.pallas_rnn`; only
+#: cells that have one, interpreted and slow off a GPU: for testing there).
+IMPLS = ("auto", "fused", "scan", "pallas")
+
+#: Why a cell that says nothing about Pallas rejects ``impl="pallas"``.
+NO_PALLAS = "this cell has no Pallas kernel (LSTMCell and GRUCell have one)"
 
 
-def check_impl(owner: str, impl: str, *, unfusable: str | None = None) -> str:
-    """Validates a cell's ``impl`` argument; ``unfusable`` says why "fused" cannot apply."""
+def check_impl(owner: str, impl: str, *, unfusable: str | None = None,
+               no_pallas: str | None = NO_PALLAS) -> str:
+    """Validates a cell's ``impl`` argument; ``unfusable`` says why "fused" cannot apply,
+    ``no_pallas`` why "pallas" cannot (None: it can; the default: the cell has no kernel)."""
     if impl not in IMPLS:
         raise ValueError(f"{owner}: unknown impl {impl!r}; known: {list(IMPLS)}")
     if impl == "fused" and unfusable:
         raise ValueError(f"{owner}: impl='fused' cannot apply: {unfusable}; use impl='auto' "
+                         f"(fused where it applies) or impl='scan'")
+    if impl == "pallas" and no_pallas:
+        raise ValueError(f"{owner}: impl='pallas' cannot apply: {no_pallas}; use impl='auto' "
                          f"(fused where it applies) or impl='scan'")
     return impl
 

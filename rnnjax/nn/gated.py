@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.nn import fused
-from rnnjax.nn.cell import RecurrentCell, check_impl
+from rnnjax.nn import fused, pallas_rnn
+from rnnjax.nn.cell import NO_PALLAS, RecurrentCell, check_impl
 from rnnjax.nn.types import Array
 
 Initializer = Callable[..., Array]
@@ -96,9 +96,10 @@ class GatedCell(RecurrentCell):
     :meth:`scan_projected` and :meth:`_unfusable`.
 
     Args:
-      impl: ``"auto"`` (fused custom-VJP paths where they apply), ``"fused"`` (insist)
-        or ``"scan"`` (plain autodiff: ``project_inputs`` is a plain matmul and the
-        time loop a :func:`masked_scan`, so forward-mode autodiff works).
+      impl: ``"auto"`` (fused custom-VJP paths where they apply), ``"fused"`` (insist),
+        ``"scan"`` (plain autodiff: ``project_inputs`` is a plain matmul and the
+        time loop a :func:`masked_scan`, so forward-mode autodiff works) or ``"pallas"``
+        (the time loop as a GPU kernel, where the cell has one: ``has_pallas``).
       num_heads: N. With N > 1 the recurrence is multi-head, as sLSTM's: every gate's
         recurrent matrix is block-diagonal, N blocks of ``(H/N, H/N)`` (each initialised
         on its own), so head i's next state reads only head i's state; the input
@@ -114,6 +115,10 @@ class GatedCell(RecurrentCell):
     num_gates: ClassVar[int] = 1
     #: Names of the ``(H, H)`` gate blocks of ``w_hh``, in order; None: ``block0``, ...
     gate_names: ClassVar[tuple[str, ...] | None] = None
+    #: Whether :meth:`scan_projected` routes ``impl="pallas"`` to a kernel of
+    #: :mod:`rnnjax.nn.pallas_rnn`. The kernel runs the fused loop's maths, so it applies
+    #: only where the fused loop does (:meth:`_unfusable`, which subclasses extend).
+    has_pallas: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -130,7 +135,8 @@ class GatedCell(RecurrentCell):
         rngs: nnx.Rngs,
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
-        self.impl = check_impl(type(self).__name__, impl, unfusable=self._unfusable())
+        self.impl = check_impl(type(self).__name__, impl, unfusable=self._unfusable(),
+                               no_pallas=self._no_pallas())
         if num_heads < 1 or hidden_features % num_heads:
             raise ValueError(f"{type(self).__name__}: num_heads={num_heads} must be >= 1 and "
                              f"divide hidden_features={hidden_features}")
@@ -162,6 +168,13 @@ class GatedCell(RecurrentCell):
         if compute not in fused.FUSED_DTYPES:
             return f"the fused paths run in float32 or float64, this cell computes in {compute}"
         return None
+
+    def _no_pallas(self) -> str | None:
+        """Why ``impl="pallas"`` cannot apply to this cell (None: it can)."""
+        if not self.has_pallas:
+            return NO_PALLAS
+        return self._unfusable() or pallas_rnn.unsupported(
+            self.hidden_features, self.num_gates, self.dtype or self.param_dtype)
 
     def _projection_bias(self) -> Array:
         """``(G*H,)``: the bias added in the projection; default ``b_ih + b_hh``."""

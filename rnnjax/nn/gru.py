@@ -22,6 +22,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from rnnjax.nn import pallas_rnn
 from rnnjax.nn.cell import register_cell
 from rnnjax.nn.fused import (
     _bmask,
@@ -73,8 +74,10 @@ class GRUCell(Regularised, GatedCell):
     Args:
       reset_before: False (default) for the cuDNN form, True for Cho et al. 2014.
       impl: ``"auto"`` (default: the fused loop for float32/float64 and
-        ``reset_before=False``), ``"fused"`` or ``"scan"`` (plain :func:`masked_scan`
-        and a plain projection matmul; forward-mode autodiff works).
+        ``reset_before=False``), ``"fused"``, ``"scan"`` (plain :func:`masked_scan`
+        and a plain projection matmul; forward-mode autodiff works) or ``"pallas"`` (the
+        fused loop's maths as a GPU kernel, :mod:`rnnjax.nn.pallas_rnn`; as
+        :class:`rnnjax.nn.LSTMCell`'s).
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
       weight_drop, zoneout: as :class:`rnnjax.nn.LSTMCell` (zoneout on ``h``).
@@ -83,6 +86,7 @@ class GRUCell(Regularised, GatedCell):
 
     num_gates = 3
     gate_names = ("r", "z", "n")
+    has_pallas = True
 
     def __init__(self, in_features: int, hidden_features: int, *, reset_before: bool = False,
                  lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
@@ -136,6 +140,10 @@ class GRUCell(Regularised, GatedCell):
         if self.zone is not None:
             return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
                                       resets=resets)
+        if self.impl == "pallas":
+            return pallas_rnn.gru_scan(w_hh, self._p("b_hh")[2 * self.hidden_features :], xp,
+                                       carry, mask, gates=gru_gates, reverse=reverse,
+                                       resets=resets)
         if self._fuse(xp, w_hh, carry):
             H = self.hidden_features
             return gru_scan(w_hh, self._p("b_hh")[2 * H :], xp, carry, mask,

@@ -20,6 +20,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from rnnjax.nn import pallas_rnn
 from rnnjax.nn.cell import register_cell
 from rnnjax.nn.fused import (
     _bmask,
@@ -54,9 +55,12 @@ def lstm_gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
     ``g = 2 gs - 1 = tanh(g_pre)``. ``scale`` is :func:`lstm_gate_scale` (passed in
     so that a loop computes it once, outside its body).
     """
-    H = pre.shape[-1] // 4
     s = jax.nn.sigmoid(pre * scale)  # (B, 4H): i, f, (g+1)/2, o
-    return s[:, :H], s[:, H : 2 * H], s[:, 2 * H : 3 * H], s[:, 3 * H :]
+    # A split, not four slices: the same forward HLO (four slices), and Pallas's Triton
+    # lowering (the impl="pallas" kernel calls this function) has a split rule but no
+    # slice rule. (impl="scan" gradients: 44 vs 41-55 ms with slices, noise, B=32 T=64 H=128.)
+    i, f, gs, o = jnp.split(s, 4, axis=-1)
+    return i, f, gs, o
 
 
 class LSTMCell(Regularised, GatedCell):
@@ -67,9 +71,12 @@ class LSTMCell(Regularised, GatedCell):
     Args:
       forget_bias: added to the forget slice of ``b_hh`` at initialisation only
         (default 1.0, Jozefowicz et al. 2015).
-      impl: ``"auto"`` (default: the fused loop for float32/float64), ``"fused"``
-        or ``"scan"`` (plain :func:`masked_scan` and a plain projection matmul; forward-mode
-        autodiff works). All give the same numbers to float rounding.
+      impl: ``"auto"`` (default: the fused loop for float32/float64), ``"fused"``,
+        ``"scan"`` (plain :func:`masked_scan` and a plain projection matmul; forward-mode
+        autodiff works) or ``"pallas"`` (the loop as a GPU kernel keeping ``w_hh`` on chip,
+        :mod:`rnnjax.nn.pallas_rnn`: H <= 64 in float32; off a GPU it runs interpreted,
+        slowly, for testing; ``"auto"`` never picks it). All give the same numbers to
+        float rounding.
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
       weight_drop: DropConnect rate on ``w_hh``, one mask per call (Merity et al. 2017;
@@ -80,6 +87,7 @@ class LSTMCell(Regularised, GatedCell):
 
     num_gates = 4
     gate_names = ("i", "f", "g", "o")
+    has_pallas = True
 
     def __init__(self, in_features: int, hidden_features: int, *, forget_bias: float = 1.0,
                  lanes: int | None = None, weight_drop: float = 0.0, zoneout: float = 0.0,
@@ -125,6 +133,10 @@ class LSTMCell(Regularised, GatedCell):
         if self.zone is not None:
             return self._zoneout_scan(step, carry, xp, mask, reverse=reverse, unroll=unroll,
                                       resets=resets)
+        if self.impl == "pallas":
+            return pallas_rnn.lstm_scan(w_hh, xp, carry, mask, gates=lstm_gates,
+                                        gate_scale=lstm_gate_scale, reverse=reverse,
+                                        resets=resets)
         if self._fuse(xp, w_hh, carry):
             return lstm_scan(w_hh, xp, carry, mask, reverse=reverse, unroll=unroll,
                              lanes=self.lanes, resets=resets)
