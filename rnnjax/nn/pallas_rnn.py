@@ -36,7 +36,9 @@ size, and ``tl.dot`` needs each of M, N, K >= 16. So ``H`` is padded per gate to
 reads nothing and feeds nothing) and the batch to a multiple of the block ``block_b``
 (16 by default; padded rows are masked steps). A ``(block_b, Hp)`` tile is one
 ``(16, Hp) x (Hp, Hp)`` matmul per gate; one program per batch block holds its own copy of
-``W_hh``, so ``W_hh`` must fit on chip: :data:`ONCHIP_BYTES`.
+``W_hh``, so ``W_hh`` must fit on chip: :data:`ONCHIP_BYTES`. The dots follow jax's matmul
+precision, like XLA's (the default is TF32 on Triton; ``jax.default_matmul_precision(
+"highest")`` gives IEEE float32).
 
 Interpret mode: where the default backend is not a GPU the kernels run with
 ``interpret=True`` (Pallas evaluates the kernel body as ordinary XLA ops). That is for
