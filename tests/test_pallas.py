@@ -47,6 +47,14 @@ CELLS = {"lstm": LSTMCell, "gru": GRUCell}
 ON_GPU = jax.default_backend() == "gpu"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _ieee_float32_dots():
+    # On a GPU, XLA's and Triton's default float32 dots are TF32, which would not agree to
+    # 1e-5; both impls run IEEE float32 dots here. (No effect on CPU.)
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def make(kind, impl, seed=0, hidden=H, **kw):
     """A cell with non-zero biases (so GRU's b_hn placement is tested); the same weights
     for every ``impl`` at one seed."""
@@ -168,8 +176,13 @@ def test_auto_never_picks_pallas_and_pallas_is_a_pallas_call():
     assert "pallas_call" in jaxpr("pallas")
 
 
-def test_interpret_mode_is_chosen_off_a_gpu():
-    assert pallas_rnn.default_interpret() is (not ON_GPU)
+def test_off_a_gpu_the_kernel_runs_interpreted():
+    # Interpreted: the kernel body becomes ordinary XLA ops; on a GPU: a Triton custom call.
+    cell = make("gru", "pallas")
+    x, carry, _ = inputs(cell)
+    text = jax.jit(lambda x, c: cell.scan_projected(c, cell.project_inputs(x))).lower(
+        x, carry).as_text()
+    assert ("xla.gpu.triton" in text) is ON_GPU
 
 
 @pytest.mark.parametrize("make_cell,match", [
@@ -255,20 +268,20 @@ def test_kernels_lower_to_triton_for_cuda(kind, batch, hidden):
 @pytest.mark.skipif(not ON_GPU, reason="needs a GPU: the compiled Triton kernels run only there")
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_compiled_kernels_match_scan_on_gpu(kind):
-    # Real GPU lowering at the widest H that fits, several batch blocks, padding of B.
+    # Real GPU lowering at the widest H that fits, several batch blocks, padding of B. The
+    # other tests run the compiled kernels too on a GPU; this one is the wide case.
     batch, hidden, steps = 40, 64, 9
     rng = np.random.default_rng(7)
     mask = np.arange(steps)[:, None] < rng.integers(0, steps + 1, size=batch)[None, :]
     resets = (rng.random((steps, batch)) < 0.2) & mask
     x, carry, w_y = inputs(make(kind, "scan", 1, hidden), seed=8, batch=batch, steps=steps)
     out = {}
-    with jax.default_matmul_precision("highest"):
-        for impl in ("pallas", "scan"):
-            graphdef, params = nnx.split(make(kind, impl, 1, hidden))
-            for reverse in (False, True):
-                out[impl, reverse] = value_and_grads(
-                    graphdef, params, x, carry, jnp.asarray(mask), jnp.asarray(resets), w_y,
-                    reverse=reverse)
+    for impl in ("pallas", "scan"):
+        graphdef, params = nnx.split(make(kind, impl, 1, hidden))
+        for reverse in (False, True):
+            out[impl, reverse] = value_and_grads(
+                graphdef, params, x, carry, jnp.asarray(mask), jnp.asarray(resets), w_y,
+                reverse=reverse)
     for reverse in (False, True):
         for a, b in zip(jax.tree.leaves(out["pallas", reverse]),
                         jax.tree.leaves(out["scan", reverse]), strict=True):

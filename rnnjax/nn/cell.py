@@ -71,7 +71,7 @@ from rnnjax.nn.types import Array, Carry
 #: paths where they apply, ``"fused"`` insists on them (a ValueError where they
 #: cannot apply), ``"scan"`` uses plain autodiff everywhere (forward mode works),
 #: ``"pallas"`` the time loop as a Pallas GPU kernel (:mod:`rnnjax.nn.pallas_rnn`; only
-#: cells that have one, interpreted and slow off a GPU: for testing there).
+#: cells that have one; interpreted off a GPU, for testing there).
 IMPLS = ("auto", "fused", "scan", "pallas")
 
 #: Why a cell that says nothing about Pallas rejects ``impl="pallas"``.

@@ -42,7 +42,8 @@ precision, like XLA's (the default is TF32 on Triton; ``jax.default_matmul_preci
 
 Interpret mode: where the default backend is not a GPU the kernels run with
 ``interpret=True`` (Pallas evaluates the kernel body as ordinary XLA ops). That is for
-testing on a CPU, and slow; pass ``interpret=`` to force either way.
+testing on a CPU (it compiles slowly: seconds a program); pass ``interpret=`` to force
+either way.
 
 What was verified (docs/performance.md §16): on CPU in interpret mode, values and
 gradients against the plain scan (tests/test_pallas.py), and that both kernels lower to
