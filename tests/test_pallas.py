@@ -203,9 +203,11 @@ def test_cells_that_cannot_run_the_kernel_say_why_at_construction(make_cell, mat
 
 
 def test_the_widest_cells_that_fit_are_accepted():
-    zeros = nnx.initializers.zeros_init()  # no orthogonal init to compile: only the check runs
-    LSTMCell(E, 64, impl="pallas", recurrent_kernel_init=zeros, rngs=nnx.Rngs(0))
-    GRUCell(E, 33, impl="pallas", recurrent_kernel_init=zeros, rngs=nnx.Rngs(0))  # Hp = 64
+    # The check the cells run at construction (building an H=64 cell compiles its init).
+    assert pallas_rnn.unsupported(64, 4, jnp.float32) is None
+    assert pallas_rnn.unsupported(33, 3, jnp.float32) is None  # Hp = 64
+    assert pallas_rnn.unsupported(32, 4, jnp.float64) is None
+    assert "H <= 64 in float32" in pallas_rnn.unsupported(65, 3, jnp.float32)
 
 
 def test_kernel_entry_points_reject_bad_operands():
