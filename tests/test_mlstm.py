@@ -144,12 +144,14 @@ def test_ragged_rows_equal_rows_run_alone(T, chunk, data):
     xs = tuple(map(jnp.asarray, _inputs(rng, T)))
     s0 = _random_state(rng)
     mask = jnp.arange(T)[None, :] < jnp.asarray(lengths)[:, None]
-    h, s = mlstm_chunkwise(*xs, state=s0, mask=mask, chunk_size=chunk)
+    # Why jit: one compiled program per shape, not an op-by-op compile of every op.
+    h, s = jax.jit(mlstm_chunkwise, static_argnames="chunk_size")(*xs, state=s0, mask=mask,
+                                                                  chunk_size=chunk)
     for b, n in enumerate(lengths):
         row = tuple(a[b:b + 1, :n] for a in xs)
         s0_b = MLSTMMemory(*(a[b:b + 1] for a in s0))
         if n:
-            h_b, s_b = mlstm_recurrent(*row, state=s0_b)
+            h_b, s_b = jax.jit(mlstm_recurrent)(*row, state=s0_b)
             np.testing.assert_allclose(h[b, :n], h_b[0], atol=1e-5, rtol=1e-5)
         else:
             s_b = s0_b

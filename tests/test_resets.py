@@ -81,13 +81,19 @@ def build(name, kw, reverse_too: bool):
     return layer
 
 
+@nnx.jit
+def _run(layer, x, lengths, resets=None):
+    return layer(x, seq_lengths=lengths, resets=resets)
+
+
 def check_packed(layer, segments, seed=0, bidirectional=False):
     lens = [n for row in segments for n in row]
     rng = np.random.default_rng(seed)
     x_segs = rng.normal(size=(len(lens), T, E)).astype(np.float32)
     x, resets, lengths = packed(segments, x_segs)
-    carry, y = layer(jnp.asarray(x), seq_lengths=jnp.asarray(lengths), resets=jnp.asarray(resets))
-    carry_s, y_s = layer(jnp.asarray(x_segs), seq_lengths=jnp.asarray(lens))
+    # Why nnx.jit: one compiled program per shape, not an op-by-op compile of every op.
+    carry, y = _run(layer, jnp.asarray(x), jnp.asarray(lengths), jnp.asarray(resets))
+    carry_s, y_s = _run(layer, jnp.asarray(x_segs), jnp.asarray(lens))
     y, y_s = np.asarray(y), np.asarray(y_s)
     k = 0
     for b, row in enumerate(segments):

@@ -149,9 +149,11 @@ def test_chunked_equals_sequential(t, chunk, reverse, ragged):
     mask = None
     if ragged:
         mask = jnp.asarray(np.arange(t)[:, None] < np.array([t, max(1, t // 2)])[None])
-    h_s, y_s = ssd_sequential(*args, mask, reverse=reverse)
-    h_c, y_c = ssd_chunked(*args, mask, chunk_size=chunk, reverse=reverse)
-    h_q, y_q = ssd_quadratic(*args, mask, reverse=reverse)
+    # Why jit: one compiled program per shape, not an op-by-op compile of every op.
+    h_s, y_s = jax.jit(ssd_sequential, static_argnames="reverse")(*args, mask, reverse=reverse)
+    h_c, y_c = jax.jit(ssd_chunked, static_argnames=("chunk_size", "reverse"))(
+        *args, mask, chunk_size=chunk, reverse=reverse)
+    h_q, y_q = jax.jit(ssd_quadratic, static_argnames="reverse")(*args, mask, reverse=reverse)
     for a, b in ((y_c, y_s), (h_c, h_s), (y_q, y_s), (h_q, h_s)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
