@@ -56,6 +56,22 @@ def pytest_configure(config):
                           int(os.environ.get("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", 0)))
 
 
+GPU_REASON = (
+    "needs a CUDA GPU (JAX's default backend here is {backend!r}); on a GPU machine run "
+    "`pytest -m gpu` (scripts/gpu_check.sh runs them with the GPU benchmark)"
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skips ``gpu``-marked tests, with the reason, unless JAX's default backend is a GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items or jax.default_backend() == "gpu":
+        return
+    skip = pytest.mark.skip(reason=GPU_REASON.format(backend=jax.default_backend()))
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 def pytest_unconfigure(config):
     cache = getattr(config, "_rnnjax_jax_cache", None)
     if cache:

@@ -18,6 +18,14 @@ that a cell overrides when the default does not fit:
   time-major ``xp`` ``(T, B, P)``; default :func:`masked_scan` of ``step_projected``.
   Override it with a faster equivalent (a fused custom-VJP loop, a parallel scan)
   that gives the same numbers;
+* ``scan_inputs(carry, x, mask, *, reverse, unroll, resets, seq_lengths)``: the
+  sequence form from time-major raw inputs ``x`` ``(T, B, E)``, which
+  :class:`rnnjax.nn.layers.Recurrent` calls; default
+  ``scan_projected(carry, project_inputs(x), ...)``. A cell overrides it only for a
+  path that must see ``x`` itself (cuDNN's LSTM does its own input projection,
+  :mod:`rnnjax.nn.cudnn_rnn`), and returns the default where that path cannot run.
+  ``seq_lengths`` ``(B,)``, when the layer has them, are the lengths ``mask`` was
+  built from (so ``mask`` is a prefix mask even when traced);
 * the diagnostics hooks, which :mod:`rnnjax.diagnostics` uses and nothing else:
 
   - ``state_width``: the width ``S`` of the state that gradient-through-time is
@@ -40,11 +48,13 @@ that a cell overrides when the default does not fit:
   with no code outside its own file.
 
 The time-loop implementation, where a cell has more than one, is a cell argument
-``impl: "auto" | "fused" | "scan" | "pallas"`` (see :data:`IMPLS`), settable from a
-config through ``model.cell_kwargs.impl``. ``impl="scan"`` uses no custom VJP anywhere
-in the cell, so ``jax.jvp`` / ``jax.jacfwd`` / ``jax.hessian`` work through it.
+``impl: "auto" | "fused" | "scan" | "pallas" | "cudnn"`` (see :data:`IMPLS`), settable
+from a config through ``model.cell_kwargs.impl``. ``impl="scan"`` uses no custom VJP
+anywhere in the cell, so ``jax.jvp`` / ``jax.jacfwd`` / ``jax.hessian`` work through it.
 ``impl="pallas"`` is a GPU kernel (:mod:`rnnjax.nn.pallas_rnn`) that only the cells
-with one accept; ``"auto"`` never picks it.
+with one accept; ``"auto"`` never picks it. ``impl="cudnn"`` is NVIDIA cuDNN's LSTM
+(:mod:`rnnjax.nn.cudnn_rnn`), which only the plain LSTM accepts; ``"auto"`` takes it on
+a CUDA GPU where it can run. Every other cell rejects either with a ValueError saying why.
 
 Registration: a cell family is one file in ``rnnjax/nn/`` that calls
 :func:`register_cell`. The registry imports every module of the ``rnnjax.nn``
@@ -67,21 +77,27 @@ from flax import nnx
 from rnnjax.nn.scan import masked_scan
 from rnnjax.nn.types import Array, Carry
 
-#: The values of a cell's ``impl`` argument: ``"auto"`` uses the fused custom-VJP
-#: paths where they apply, ``"fused"`` insists on them (a ValueError where they
-#: cannot apply), ``"scan"`` uses plain autodiff everywhere (forward mode works),
-#: ``"pallas"`` the time loop as a Pallas GPU kernel (:mod:`rnnjax.nn.pallas_rnn`; only
-#: cells that have one; interpreted off a GPU, for testing there).
-IMPLS = ("auto", "fused", "scan", "pallas")
+#: The values of a cell's ``impl`` argument: ``"auto"`` uses the fastest path that
+#: applies (the fused custom-VJP paths; cuDNN for the LSTM on a CUDA GPU), ``"fused"``
+#: insists on the fused paths (a ValueError where they cannot apply), ``"scan"`` uses
+#: plain autodiff everywhere (forward mode works), ``"pallas"`` the time loop as a Pallas
+#: GPU kernel (:mod:`rnnjax.nn.pallas_rnn`; only cells that have one; interpreted off a
+#: GPU, for testing there), ``"cudnn"`` NVIDIA cuDNN's LSTM kernel
+#: (:mod:`rnnjax.nn.cudnn_rnn`; the plain LSTM on a CUDA GPU only).
+IMPLS = ("auto", "fused", "scan", "pallas", "cudnn")
 
 #: Why a cell that says nothing about Pallas rejects ``impl="pallas"``.
 NO_PALLAS = "this cell has no Pallas kernel (LSTMCell and GRUCell have one)"
+#: Why a cell that says nothing about cuDNN rejects ``impl="cudnn"``.
+NO_CUDNN = ("cuDNN's kernel (jax.experimental.rnn) computes only the plain LSTM "
+            "(cell 'lstm', LSTMCell)")
 
 
 def check_impl(owner: str, impl: str, *, unfusable: str | None = None,
-               no_pallas: str | None = NO_PALLAS) -> str:
+               no_pallas: str | None = NO_PALLAS, no_cudnn: str | None = NO_CUDNN) -> str:
     """Validates a cell's ``impl`` argument; ``unfusable`` says why "fused" cannot apply,
-    ``no_pallas`` why "pallas" cannot (None: it can; the default: the cell has no kernel)."""
+    ``no_pallas`` why "pallas" cannot and ``no_cudnn`` why "cudnn" cannot (None: it can;
+    the defaults: the cell has no such kernel)."""
     if impl not in IMPLS:
         raise ValueError(f"{owner}: unknown impl {impl!r}; known: {list(IMPLS)}")
     if impl == "fused" and unfusable:
@@ -90,6 +106,9 @@ def check_impl(owner: str, impl: str, *, unfusable: str | None = None,
     if impl == "pallas" and no_pallas:
         raise ValueError(f"{owner}: impl='pallas' cannot apply: {no_pallas}; use impl='auto' "
                          f"(fused where it applies) or impl='scan'")
+    if impl == "cudnn" and no_cudnn:
+        raise ValueError(f"{owner}: impl='cudnn' cannot apply: {no_cudnn}; use impl='auto' "
+                         f"(cuDNN or fused where they apply) or impl='scan'")
     return impl
 
 
@@ -179,6 +198,29 @@ class RecurrentCell(nnx.Module):
         """
         return masked_scan(self.step_projected, carry, xp, mask, reverse=reverse, unroll=unroll,
                            resets=resets)
+
+    def scan_inputs(
+        self,
+        carry: Carry,
+        x: Array,
+        mask: Array | None = None,
+        *,
+        reverse: bool = False,
+        unroll: int = 1,
+        resets: Array | None = None,
+        seq_lengths: Array | None = None,
+    ) -> tuple[Carry, Array]:
+        """The sequence form from time-major inputs ``x`` ``(T, B, E)``: what a layer calls.
+
+        ``mask``, ``resets``, ``reverse`` and ``unroll`` as :meth:`scan_projected`;
+        ``seq_lengths`` ``(B,)`` int or None: when given, ``mask`` is the prefix mask of
+        these lengths. Default: :meth:`scan_projected` of :meth:`project_inputs` (the
+        hoisted projection, then the time loop), which ignores ``seq_lengths``. Override
+        only for a path that needs ``x`` itself; it must give the same numbers.
+        """
+        extra = {} if resets is None else {"resets": resets}
+        return self.scan_projected(carry, self.project_inputs(x), mask, reverse=reverse,
+                                   unroll=unroll, **extra)
 
     # -- diagnostics hooks ---------------------------------------------------
     @property

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from rnnjax.nn import fused, pallas_rnn
-from rnnjax.nn.cell import NO_PALLAS, RecurrentCell, check_impl
+from rnnjax.nn.cell import NO_CUDNN, NO_PALLAS, RecurrentCell, check_impl
 from rnnjax.nn.types import Array
 
 Initializer = Callable[..., Array]
@@ -136,7 +136,7 @@ class GatedCell(RecurrentCell):
     ):
         super().__init__(in_features, hidden_features, dtype=dtype, param_dtype=param_dtype)
         self.impl = check_impl(type(self).__name__, impl, unfusable=self._unfusable(),
-                               no_pallas=self._no_pallas())
+                               no_pallas=self._no_pallas(), no_cudnn=self._no_cudnn())
         if num_heads < 1 or hidden_features % num_heads:
             raise ValueError(f"{type(self).__name__}: num_heads={num_heads} must be >= 1 and "
                              f"divide hidden_features={hidden_features}")
@@ -161,6 +161,10 @@ class GatedCell(RecurrentCell):
             w = w * head_mask(w.shape[0], self.num_gates, self.hidden_features,
                               self.num_heads).astype(w.dtype)
         return w
+
+    def _no_cudnn(self) -> str | None:
+        """Why ``impl="cudnn"`` cannot apply to this cell (None: it can; default: no kernel)."""
+        return NO_CUDNN
 
     def _unfusable(self) -> str | None:
         """Why the fused paths cannot apply to this cell (None: they can)."""

@@ -21,10 +21,15 @@ Semantics match PyTorch's packed sequences: padded outputs are zero, the final
 carry is each row's carry at its own last valid step, and the reverse direction
 starts at each row's last valid step. Layers never import data or training code.
 
+The time loop. A :class:`Recurrent` layer calls its cell's ``scan_inputs`` (the cell
+protocol, :mod:`rnnjax.nn.cell`): by default the hoisted input projection, then
+``scan_projected``; a cell whose fast path needs the raw inputs (cuDNN's LSTM) runs
+it there.
+
 Probes. While a :class:`Probe` is active (``with probing(probe):``, read when a
 layer is traced), every :class:`Recurrent` layer hands its time loop to
 ``probe.scan(cell, carry, xp, mask, reverse=..., unroll=...)`` instead of calling
-``cell.scan_projected``. :mod:`rnnjax.diagnostics` uses it to run the plain step loop
+``cell.scan_inputs``. :mod:`rnnjax.diagnostics` uses it to run the plain step loop
 over the cell protocol's ``perturbed_step`` and record ``gate_activations`` in any
 model, whose code never passes the probe along. Why a context and not an
 argument: a model calls its layers with its own arguments; a probe is
@@ -36,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator, Mapping, Sequence
-from functools import partial
 from typing import Any
 
 import jax
@@ -247,13 +251,19 @@ class Recurrent(nnx.Module):
                             else "cell.initialize_carry((B,)) = ") + str(tuple(ref.shape))
                     raise ValueError(f"{where}: initial_carry leaves must be {want}, got "
                                      f"{leaf.shape}")
-        xp = self.cell.project_inputs(x_tm)  # (T, B, G*H): one matmul for all steps
         probe = _PROBE.get()
-        scan = self.cell.scan_projected if probe is None else partial(probe.scan, self.cell)
         # Without resets the call is the one every scan (and every probe) has always taken.
         extra = {} if resets_tb is None else {"resets": resets_tb}
-        carry, ys = scan(initial_carry, xp, mask_tb, reverse=self.reverse, unroll=self.unroll,
-                         **extra)
+        if probe is None:
+            # The cell projects the inputs (one (T*B, E) x (E, G*H) matmul for all steps)
+            # and runs its time loop, or runs a path that needs x itself (cuDNN's LSTM).
+            carry, ys = self.cell.scan_inputs(
+                initial_carry, x_tm, mask_tb, reverse=self.reverse, unroll=self.unroll,
+                seq_lengths=None if seq_lengths is None else jnp.asarray(seq_lengths), **extra)
+        else:
+            xp = self.cell.project_inputs(x_tm)  # (T, B, G*H)
+            carry, ys = probe.scan(self.cell, initial_carry, xp, mask_tb, reverse=self.reverse,
+                                   unroll=self.unroll, **extra)
         y = ys if self.time_major else jnp.swapaxes(ys, 0, 1)
         rc = self.return_carry if return_carry is None else return_carry
         return (carry, y) if rc else y

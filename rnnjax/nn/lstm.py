@@ -10,6 +10,12 @@ VJP whose backward carries only ``dh, dc`` and computes ``dW_hh`` as one matmul
 after the loop (``docs/performance.md`` §4); the generic pieces are in
 :mod:`rnnjax.nn.fused`.
 
+On a CUDA GPU the whole sequence can instead run in NVIDIA cuDNN's LSTM kernel
+(``impl="cudnn"``, or ``"auto"`` where it can run): :meth:`LSTMCell.scan_inputs` hands
+the raw inputs and the cell's own weights to :mod:`rnnjax.nn.cudnn_rnn`, which packs
+them into cuDNN's layout; cuDNN computes the same equations (its own gate maths, not
+:func:`lstm_gates`: the kernel is a library's, and tests hold it to the step).
+
 Cells never import layers, data or training code.
 """
 
@@ -19,8 +25,9 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from rnnjax.nn import pallas_rnn
+from rnnjax.nn import cudnn_rnn, pallas_rnn
 from rnnjax.nn.cell import register_cell
 from rnnjax.nn.fused import (
     _bmask,
@@ -72,12 +79,17 @@ class LSTMCell(Regularised, GatedCell):
     Args:
       forget_bias: added to the forget slice of ``b_hh`` at initialisation only
         (default 1.0, Jozefowicz et al. 2015).
-      impl: ``"auto"`` (default: the fused loop for float32/float64), ``"fused"``,
-        ``"scan"`` (plain :func:`masked_scan` and a plain projection matmul; forward-mode
-        autodiff works) or ``"pallas"`` (the loop as a GPU kernel keeping ``w_hh`` on chip,
+      impl: ``"auto"`` (default: cuDNN's kernel where it can run on a CUDA GPU, else the
+        fused loop for float32/float64), ``"fused"``, ``"scan"`` (plain
+        :func:`masked_scan` and a plain projection matmul; forward-mode autodiff works),
+        ``"pallas"`` (the loop as a GPU kernel keeping ``w_hh`` on chip,
         :mod:`rnnjax.nn.pallas_rnn`: H <= 64 in float32; off a GPU it runs interpreted,
-        for testing; ``"auto"`` never picks it). All give the same numbers to
-        float rounding.
+        for testing; ``"auto"`` never picks it) or ``"cudnn"`` (NVIDIA cuDNN's LSTM,
+        :mod:`rnnjax.nn.cudnn_rnn`; a ValueError, saying why, where it cannot run: no
+        CUDA GPU, not float32, zoneout, packed-segment resets, a mask that is not a
+        prefix mask). All give the same numbers to float rounding. The cuDNN path runs
+        where a layer calls :meth:`scan_inputs`; the step form and :meth:`scan_projected`
+        (diagnostics probes) take the fused loop.
       lanes: row blocks of the fused loop body (``docs/performance.md`` §8); None
         picks per shape (:func:`rnnjax.nn.fused.lanes_for`), 1 turns them off.
       weight_drop: DropConnect rate on ``w_hh``, one mask per call (Merity et al. 2017;
@@ -102,6 +114,72 @@ class LSTMCell(Regularised, GatedCell):
         self.lanes = lanes
         h = hidden_features
         self.b_hh[...] = self.b_hh[...].at[h : 2 * h].add(forget_bias)
+
+    def _no_cudnn(self):
+        # cuDNN computes exactly the plain LSTM: a subclass changes the maths (peepholes,
+        # a projection, layer norm), so it gets "cudnn" only by saying so itself.
+        if type(self) is not LSTMCell:
+            return super()._no_cudnn()
+        return self._cudnn_static_problem()
+
+    def _cudnn_error(self, why: str) -> str:
+        return (f"{type(self).__name__}: impl='cudnn' cannot apply: {why}; use impl='auto' "
+                f"(cuDNN or fused where they apply) or impl='scan'")
+
+    def _cudnn_static_problem(self) -> str | None:
+        """Why cuDNN cannot run this cell, whatever the inputs (None: it can)."""
+        if self.zoneout:
+            return "zoneout perturbs every step, and cuDNN runs the whole sequence in one call"
+        compute = jnp.dtype(self.dtype or self.param_dtype)
+        if compute != cudnn_rnn.CUDNN_DTYPE:
+            return (f"JAX's cuDNN LSTM (jax.experimental.rnn) runs float32 only, this cell "
+                    f"computes in {compute}")
+        return cudnn_rnn.cuda_problem()
+
+    def _cudnn_call_problem(self, carry, x, mask, resets, seq_lengths):
+        """``(lengths or None, None)`` where cuDNN can run this call, else ``(None, why)``."""
+        if resets is not None:
+            return None, ("packed-segment resets restart the carry mid-sequence, which "
+                          "cuDNN's kernel cannot")
+        dts = {str(jnp.dtype(a.dtype)) for a in (x, *jax.tree.leaves(carry))}
+        if dts != {str(cudnn_rnn.CUDNN_DTYPE)}:
+            return None, f"inputs and carry must be float32 for cuDNN, got {sorted(dts)}"
+        if seq_lengths is not None or mask is None:
+            return seq_lengths, None
+        if isinstance(mask, jax.core.Tracer):
+            return None, ("a mask given under jit cannot be checked to be a prefix mask "
+                          "(cuDNN takes one length per row): pass seq_lengths instead")
+        m = np.asarray(mask, bool)  # (T, B)
+        lengths = m.sum(0)
+        gaps = np.nonzero((np.arange(m.shape[0])[:, None] < lengths[None, :]) != m)[1]
+        if gaps.size:
+            return None, (f"the mask is not a prefix mask (rows {sorted(set(gaps.tolist()))[:5]}"
+                          f" have a False before a True), and cuDNN takes one length per row")
+        return jnp.asarray(lengths, jnp.int32), None
+
+    def scan_inputs(self, carry, x, mask=None, *, reverse=False, unroll=1, resets=None,
+                    seq_lengths=None):
+        """The sequence form from ``x`` ``(T, B, E)`` (:meth:`RecurrentCell.scan_inputs`):
+        cuDNN's kernel where ``impl`` asks for it and it can run, else the projection and
+        :meth:`scan_projected`."""
+        why = None
+        if self.impl in ("auto", "cudnn"):
+            why = self._cudnn_static_problem()
+            if why is None:
+                self.check_features(x)
+                x = self._cast(x)
+                if jnp.promote_types(x.dtype, cudnn_rnn.CUDNN_DTYPE) == cudnn_rnn.CUDNN_DTYPE:
+                    x = x.astype(cudnn_rnn.CUDNN_DTYPE)  # what x @ w_ih promotes to anyway
+                lengths, why = self._cudnn_call_problem(carry, x, mask, resets, seq_lengths)
+            if why is None:
+                (h, c), ys = cudnn_rnn.lstm_sequence(
+                    x, tuple(carry), self._p("w_ih"), self._w_hh(), self._p("b_ih"),
+                    self._p("b_hh"), lengths, reverse=reverse)
+                return LSTMState(h, c), ys
+            if self.impl == "cudnn":
+                raise ValueError(self._cudnn_error(why))
+        return super().scan_inputs(carry, x, mask, reverse=reverse, unroll=unroll,
+                                   resets=resets, seq_lengths=seq_lengths)
 
     def _unfusable(self):
         if self.zoneout:
