@@ -20,8 +20,7 @@ import pytest
 from flax import nnx
 from jax.experimental import rnn as jrnn
 
-from rnnjax.nn import LSTMCell, LSTMState, Recurrent, make_cell, make_rnn, torch_uniform
-from rnnjax.nn import cudnn_rnn
+from rnnjax.nn import LSTMCell, LSTMState, Recurrent, cudnn_rnn, make_cell, make_rnn, torch_uniform
 
 B, T, E, H = 4, 6, 3, 5
 LENGTHS = np.array([6, 3, 1, 4], np.int32)
@@ -34,7 +33,10 @@ def _x(seed=0, shape=(B, T, E)):
 
 def _cell_kwargs(**kw):
     # Random biases too: the default init (zeros, forget bias 1) would hide a gate mix-up.
-    return {"bias_init": torch_uniform(H), **kw}
+    # PyTorch's uniform init everywhere: the default orthogonal init's eager QR per gate
+    # costs seconds of compiling on a 2-core machine.
+    init = torch_uniform(H)
+    return {"bias_init": init, "kernel_init": init, "recurrent_kernel_init": init, **kw}
 
 
 class CountingReference:
@@ -92,11 +94,10 @@ def _run(model, x, **call_kw):
 # The packing and the semantics, against jax.experimental.rnn's reference
 # ---------------------------------------------------------------------------
 def test_pack_round_trips_through_unpack_lstm_weights():
-    layers = []
-    for k, e in enumerate((E, E, 2 * H, 2 * H)):  # forward-0, reverse-0, forward-1, reverse-1
-        ks = jax.random.split(jax.random.key(k), 4)
-        layers.append((jax.random.normal(ks[0], (e, 4 * H)), jax.random.normal(ks[1], (H, 4 * H)),
-                       jax.random.normal(ks[2], (4 * H,)), jax.random.normal(ks[3], (4 * H,))))
+    rng = np.random.default_rng(0)
+    layers = [tuple(rng.standard_normal(shape).astype(np.float32)
+                    for shape in ((e, 4 * H), (H, 4 * H), (4 * H,), (4 * H,)))
+              for e in (E, E, 2 * H, 2 * H)]  # forward-0, reverse-0, forward-1, reverse-1
     flat = cudnn_rnn.pack_lstm_weights(layers)
     assert flat.shape == (jrnn.get_num_params_in_lstm(E, H, 2, True),)
     w_ih, w_hh, b_ih, b_hh = jrnn.unpack_lstm_weights(flat, E, H, 2, True)
@@ -107,45 +108,54 @@ def test_pack_round_trips_through_unpack_lstm_weights():
         np.testing.assert_array_equal(b_hh[i], d)
 
 
-def test_packed_stack_in_lstm_ref_equals_scan_stack_values_and_grads():
-    """A 2-layer bidirectional make_rnn stack (impl='scan') against lstm_ref on the packed
-    weights, ragged lengths: outputs, every final carry, and d/dweights through the packing."""
-    stack = make_rnn("lstm", E, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
-                     **_cell_kwargs(impl="scan"))
-    cells = _stack_pseudo_layers(stack)
+def test_stack_scan_equals_lstm_ref_on_packed_weights_and_the_cudnn_path(reference_kernel):
+    """A 2-layer bidirectional make_rnn stack, ragged lengths (traced, under jit), random
+    initial carries: ``impl="scan"`` against (1) ``lstm_ref`` running the whole stack from
+    the packed weights in one call, and (2) the same stack built with ``impl="cudnn"``,
+    whose cells run per layer and direction on the reference kernel. Outputs, every final
+    carry, and the gradients with respect to the inputs and the weights (mapped back
+    through the packing for (1))."""
     x, lengths = _x(), jnp.asarray(LENGTHS)
-    h0 = 0.5 * jax.random.normal(jax.random.key(1), (4, B, H))
-    c0 = 0.5 * jax.random.normal(jax.random.key(2), (4, B, H))
+    h0, c0 = 0.5 * jax.random.normal(jax.random.key(1), (2, 4, B, H))
     init = [(LSTMState(h0[0], c0[0]), LSTMState(h0[1], c0[1])),
             (LSTMState(h0[2], c0[2]), LSTMState(h0[3], c0[3]))]
     gy = jax.random.normal(jax.random.key(3), (B, T, 2 * H))
     gh, gc = jax.random.normal(jax.random.key(4), (2, 4, B, H))
-    valid = (jnp.arange(T)[None, :] < lengths[:, None])[..., None]
 
-    graphdef, params = nnx.split(stack)
+    def loss(y, hs, cs):
+        return jnp.sum(y * gy) + jnp.sum(hs * gh) + jnp.sum(cs * gc), (y, hs, cs)
 
-    def ours(params):
+    def ours(params, x, graphdef):
         carries, y = nnx.merge(graphdef, params)(x, seq_lengths=lengths, initial_carry=init,
                                                  return_carry=True)
-        hs = jnp.stack([s.h for pair in carries for s in pair])
-        cs = jnp.stack([s.c for pair in carries for s in pair])
-        return jnp.sum(y * gy) + jnp.sum(hs * gh) + jnp.sum(cs * gc), (y, hs, cs)
+        return loss(y, jnp.stack([s.h for pair in carries for s in pair]),
+                    jnp.stack([s.c for pair in carries for s in pair]))
 
-    def ref(flat):
-        y, hs, cs = cudnn_rnn.lstm_reference(x, h0, c0, flat, lengths, E, H, 2, 0.0, True)
-        y = jnp.where(valid, y, 0)  # lstm_ref zeroes padding itself; as the layer promises
-        return jnp.sum(y * gy) + jnp.sum(hs * gh) + jnp.sum(cs * gc), (y, hs, cs)
+    def ref(flat, x, lengths):
+        return loss(*cudnn_rnn.lstm_reference(x, h0, c0, flat, lengths, E, H, 2, 0.0, True))
 
-    (loss, (y, hs, cs)), grads = jax.jit(jax.value_and_grad(ours, has_aux=True))(params)
-    g_ours = [_weights(c) for c in _stack_pseudo_layers(nnx.merge(graphdef, grads))]
-    flat = cudnn_rnn.pack_lstm_weights([_weights(c) for c in cells])
-    (loss_r, (y_r, hs_r, cs_r)), g_ref = jax.jit(jax.value_and_grad(ref, has_aux=True))(flat)
-    np.testing.assert_allclose(y, y_r, **TOL)
-    np.testing.assert_allclose(hs, hs_r, **TOL)
-    np.testing.assert_allclose(cs, cs_r, **TOL)
-    np.testing.assert_allclose(loss, loss_r, rtol=1e-5)
-    # The packing is a permutation, so our gradients packed the same way are cuDNN's.
-    np.testing.assert_allclose(cudnn_rnn.pack_lstm_weights(g_ours), g_ref, rtol=1e-4, atol=1e-5)
+    def packed(graphdef, state):
+        return cudnn_rnn.pack_lstm_weights(
+            [_weights(c) for c in _stack_pseudo_layers(nnx.merge(graphdef, state))])
+
+    runs = {}
+    for impl in ("scan", "cudnn"):
+        graphdef, params = nnx.split(make_rnn("lstm", E, H, num_layers=2, bidirectional=True,
+                                              rngs=nnx.Rngs(0), **_cell_kwargs(impl=impl)))
+        (value, out), (g, gx) = jax.jit(jax.value_and_grad(ours, (0, 1), has_aux=True),
+                                        static_argnums=2)(params, x, graphdef)
+        runs[impl] = (value, out, packed(graphdef, g), gx)
+    assert reference_kernel.calls == 4  # the cudnn stack, traced once: 2 layers x 2 directions
+    (value, out), (g, gx) = jax.jit(jax.value_and_grad(ref, (0, 1), has_aux=True))(
+        packed(graphdef, params), x, lengths)
+    runs["lstm_ref"] = (value, out, g, gx)
+    for name in ("lstm_ref", "cudnn"):
+        _assert_same(runs[name][:2], runs["scan"][:2])
+        # The packing is a permutation, so the gradients packed alike must agree.
+        _assert_same(runs[name][2:], runs["scan"][2:], rtol=1e-4, atol=1e-5)
+    y = np.asarray(runs["cudnn"][1][0])
+    for b, n in enumerate(LENGTHS):  # padded outputs are exactly zero, as masked_scan's
+        assert not y[b, n:].any()
 
 
 def test_flip_within_reverses_each_row_in_its_length_and_is_its_own_inverse():
@@ -170,34 +180,6 @@ def _assert_same(a, b, **tol):
     jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, **(tol or TOL)), a, b)
 
 
-@pytest.mark.parametrize("reverse", [False, True])
-def test_layer_cudnn_path_equals_scan_with_ragged_lengths(reference_kernel, reverse):
-    fast, plain = _pair()
-    x, lengths = _x(), jnp.asarray(LENGTHS)
-    init = LSTMState(*(0.3 * jax.random.normal(k, (B, H)) for k in
-                        jax.random.split(jax.random.key(5), 2)))
-    # jit: the lengths are traced, and the layer hands them to the cell as seq_lengths
-    got, want = (_run(Recurrent(cell, reverse=reverse), x, seq_lengths=lengths,
-                      initial_carry=init) for cell in (fast, plain))
-    assert reference_kernel.calls == 1  # traced once: the cuDNN path ran, never fell back
-    _assert_same(got[:2], want[:2])
-    _assert_same(got[2], want[2], rtol=1e-4, atol=1e-5)
-    # padded outputs are exactly zero, as masked_scan's
-    y = np.asarray(got[0][1])
-    for b, n in enumerate(LENGTHS):
-        assert not y[b, n:].any()
-
-
-def test_bidirectional_stack_cudnn_equals_scan_values_and_grads(reference_kernel):
-    fast, plain = (make_rnn("lstm", E, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(0),
-                            **_cell_kwargs(impl=impl)) for impl in ("cudnn", "scan"))
-    x, lengths = _x(1), jnp.asarray(LENGTHS)
-    got, want = (_run(model, x, seq_lengths=lengths) for model in (fast, plain))
-    assert reference_kernel.calls == 4  # traced once: 2 layers x 2 directions
-    _assert_same(got[:2], want[:2])
-    _assert_same(got[2], want[2], rtol=1e-4, atol=1e-5)
-
-
 def test_concrete_prefix_mask_and_length_zero_rows(reference_kernel):
     # A concrete mask is checked to be a prefix mask and turned into lengths; a row with
     # no valid step keeps its initial carry and outputs zeros (cuDNN rejects length 0).
@@ -218,8 +200,8 @@ def test_concrete_prefix_mask_and_length_zero_rows(reference_kernel):
 def test_weight_drop_and_multi_head_run_on_the_cudnn_path(reference_kernel, kw):
     # Weight drop: one DropConnect mask per call, drawn from the same stream as the
     # scan path's. Multi-head: cuDNN runs the block-masked (dense-shaped) w_hh.
-    fast = LSTMCell(E, H, rngs=nnx.Rngs(0, dropout=1), **_cell_kwargs(impl="cudnn", **kw))
-    plain = LSTMCell(E, H, rngs=nnx.Rngs(0, dropout=1), **_cell_kwargs(impl="scan", **kw))
+    fast, plain = (LSTMCell(E, H, rngs=nnx.Rngs(0, dropout=1), **_cell_kwargs(impl=impl, **kw))
+                   for impl in ("cudnn", "scan"))
     x, lengths = _x(3), jnp.asarray(LENGTHS)
     got = Recurrent(fast)(x, seq_lengths=lengths, return_carry=True)
     want = Recurrent(plain)(x, seq_lengths=lengths, return_carry=True)
@@ -234,7 +216,7 @@ def test_cudnn_without_a_cuda_gpu_says_so():
     if cudnn_rnn.cuda_problem() is None:
         pytest.skip("this machine has a CUDA GPU")
     with pytest.raises(ValueError, match="impl='cudnn' cannot run: it needs an NVIDIA GPU"):
-        LSTMCell(E, H, impl="cudnn", rngs=nnx.Rngs(0))
+        LSTMCell(E, H, rngs=nnx.Rngs(0), **_cell_kwargs(impl="cudnn"))
 
 
 @pytest.mark.parametrize("name", ["gru", "peephole_lstm", "layernorm_lstm", "rnn_tanh", "min_gru"])
@@ -246,9 +228,9 @@ def test_cudnn_on_other_cells_names_the_impls_they_have(name):
 
 def test_cudnn_construction_errors(reference_kernel):
     with pytest.raises(ValueError, match="runs float32 only, this cell computes in bfloat16"):
-        LSTMCell(E, H, impl="cudnn", dtype=jnp.bfloat16, rngs=nnx.Rngs(0))
+        LSTMCell(E, H, rngs=nnx.Rngs(0), **_cell_kwargs(impl="cudnn", dtype=jnp.bfloat16))
     with pytest.raises(ValueError, match="cannot run: zoneout"):
-        LSTMCell(E, H, impl="cudnn", zoneout=0.1, rngs=nnx.Rngs(0, dropout=1))
+        LSTMCell(E, H, rngs=nnx.Rngs(0, dropout=1), **_cell_kwargs(impl="cudnn", zoneout=0.1))
 
 
 def test_cudnn_call_errors_and_auto_falls_back_to_the_old_path(reference_kernel):
@@ -312,6 +294,6 @@ def test_real_cudnn_is_what_auto_takes_on_a_cuda_gpu(monkeypatch):
         return real(*args)
 
     monkeypatch.setattr(cudnn_rnn, "default_kernel", lambda: counting)
-    cell = LSTMCell(E, H, rngs=nnx.Rngs(0))
+    cell = LSTMCell(E, H, rngs=nnx.Rngs(0), **_cell_kwargs())
     Recurrent(cell)(_x(7), seq_lengths=jnp.asarray(LENGTHS))
     assert kernel.calls == 1
