@@ -85,3 +85,24 @@ def test_bench_e2e_smoke(tmp_path):
         for runs in row["runs"].values():
             assert all(run["tokens_per_s"] > 0 and run["steady_steps"] > 0 for run in runs)
         assert math.isfinite(row["ratio"]["default"]["of_medians"])
+
+
+def test_bench_gpu_quick(tmp_path):
+    # On a CPU: every group runs, cuDNN and torch's CUDA baseline are skipped with their
+    # reasons, and nothing fails (a failing implementation makes the script exit 1).
+    r = run_script("bench_gpu", "--quick", tmp_path=tmp_path)
+    assert r["complete"] and not r["left_out_for_budget"]
+    assert [c["group"] for c in r["cases"]] == ["cells", "scans", "mingru", "heads"]
+    rows = {(c["group"], row["cell"], row["impl"]): row for c in r["cases"] for row in c["rows"]}
+    assert all(row["status"] in ("ok", "skipped") for row in rows.values())
+    for key in [("cells", "lstm", "rnnjax_scan"), ("cells", "lstm", "rnnjax_fused"),
+                ("cells", "lstm", "linen"), ("cells", "gru", "rnnjax_fused"),
+                ("mingru", "min_gru", "min_gru_assoc"), ("heads", "slstm_2heads", "rnnjax_slstm")]:
+        assert rows[key]["status"] == "ok" and rows[key]["fwdbwd_tokens_per_s"] > 0, key
+    for cell in ("min_gru", "lru", "rglru"):
+        row = rows["scans", cell, f"{cell}_associative"]
+        assert row["gb_per_s"] > 0 and row["bytes"] > 0
+        assert row["fraction_of_peak"] == pytest.approx(row["gb_per_s"] / 4800.0)
+    if r["env"]["backend"] == "cpu":
+        assert "NVIDIA GPU" in rows["cells", "lstm", "rnnjax_cudnn"]["reason"]
+        assert "torch's cuDNN" in rows["cells", "lstm", "torch_cudnn"]["reason"]
