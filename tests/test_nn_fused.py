@@ -315,7 +315,8 @@ def test_impl_fused_where_it_cannot_apply_is_a_clear_error():
     with pytest.raises(ValueError, match="impl='fused' cannot apply.*reset_before=True"):
         GRUCell(E, H, reset_before=True, impl="fused", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError,
-                       match=r"unknown impl 'cuda'; known: \['auto', 'fused', 'scan', "):
+                       match=r"unknown impl 'cuda'; known: \['auto', 'fused', 'scan', .*\]; "
+                             r"did you mean 'cudnn'\?"):
         make_rnn("lstm", E, H, impl="cuda", rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="lanes must be"):
         LSTMCell(E, H, lanes=0, rngs=nnx.Rngs(0))

@@ -66,6 +66,7 @@ This module must never import a concrete cell, a layer, or anything above
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
 import pkgutil
@@ -99,7 +100,9 @@ def check_impl(owner: str, impl: str, *, unfusable: str | None = None,
     ``no_pallas`` why "pallas" cannot and ``no_cudnn`` why "cudnn" cannot (None: it can;
     the defaults: the cell has no such kernel)."""
     if impl not in IMPLS:
-        raise ValueError(f"{owner}: unknown impl {impl!r}; known: {list(IMPLS)}")
+        close = difflib.get_close_matches(str(impl), IMPLS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"{owner}: unknown impl {impl!r}; known: {list(IMPLS)}{hint}")
     if impl == "fused" and unfusable:
         raise ValueError(f"{owner}: impl='fused' cannot apply: {unfusable}; use impl='auto' "
                          f"(fused where it applies) or impl='scan'")
