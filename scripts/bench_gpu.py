@@ -28,7 +28,7 @@ Cases (``--groups``, in this order, so that a time limit cuts the least importan
 
 An implementation that cannot run here is skipped with its reason printed and
 recorded (cuDNN and torch's CUDA need an NVIDIA GPU; ``impl="pallas"`` exists only
-where ``rnnjax.nn.cell.IMPLS`` lists it; cuDNN and the fused loops are float32 only;
+where ``rnnjax.nn.cell.IMPLS`` lists it, for H <= 64; cuDNN and the fused loops are float32;
 a cell's ValueError is the reason). An implementation that fails otherwise is
 recorded with its error, the others go on, and the script exits 1.
 

@@ -57,7 +57,7 @@ def pytest_configure(config):
 
 
 GPU_REASON = (
-    "needs a CUDA GPU (JAX's default backend here is {backend!r}); on a GPU machine run "
+    "needs a GPU (JAX's default backend here is {backend!r}); on a GPU machine run "
     "`pytest -m gpu` (scripts/gpu_check.sh runs them with the GPU benchmark)"
 )
 

@@ -215,21 +215,21 @@ def test_weight_drop_and_multi_head_run_on_the_cudnn_path(reference_kernel, kw):
 def test_cudnn_without_a_cuda_gpu_says_so():
     if cudnn_rnn.cuda_problem() is None:
         pytest.skip("this machine has a CUDA GPU")
-    with pytest.raises(ValueError, match="impl='cudnn' cannot run: it needs an NVIDIA GPU"):
+    with pytest.raises(ValueError, match="impl='cudnn' cannot apply: it needs an NVIDIA GPU"):
         LSTMCell(E, H, rngs=nnx.Rngs(0), **_cell_kwargs(impl="cudnn"))
 
 
 @pytest.mark.parametrize("name", ["gru", "peephole_lstm", "layernorm_lstm", "rnn_tanh", "min_gru"])
-def test_cudnn_on_other_cells_names_the_impls_they_have(name):
-    with pytest.raises(ValueError, match=r"impl='cudnn' is not available for this cell.*"
-                                         r"use one of \['auto', 'fused', 'scan'\]"):
+def test_cudnn_on_other_cells_says_only_the_plain_lstm_has_it(name):
+    with pytest.raises(ValueError, match=r"impl='cudnn' cannot apply: cuDNN's kernel .*computes "
+                                         r"only the plain LSTM.*use impl='auto'"):
         make_cell(name, E, H, rngs=nnx.Rngs(0), impl="cudnn")
 
 
 def test_cudnn_construction_errors(reference_kernel):
     with pytest.raises(ValueError, match="runs float32 only, this cell computes in bfloat16"):
         LSTMCell(E, H, rngs=nnx.Rngs(0), **_cell_kwargs(impl="cudnn", dtype=jnp.bfloat16))
-    with pytest.raises(ValueError, match="cannot run: zoneout"):
+    with pytest.raises(ValueError, match="cannot apply: zoneout"):
         LSTMCell(E, H, rngs=nnx.Rngs(0, dropout=1), **_cell_kwargs(impl="cudnn", zoneout=0.1))
 
 
@@ -242,7 +242,7 @@ def test_cudnn_call_errors_and_auto_falls_back_to_the_old_path(reference_kernel)
     cases = [({"mask": gappy}, "not a prefix mask"),
              ({"resets": resets}, "packed-segment resets")]
     for kw, why in cases:
-        with pytest.raises(ValueError, match=f"impl='cudnn' cannot run: .*{why}.*impl='auto'"):
+        with pytest.raises(ValueError, match=f"impl='cudnn' cannot apply: .*{why}.*impl='auto'"):
             Recurrent(fast)(x, **kw)
         _assert_same(Recurrent(auto)(x, **kw), Recurrent(plain)(x, **kw))
     with pytest.raises(ValueError, match="under jit cannot be checked.*pass seq_lengths"):
