@@ -142,14 +142,16 @@ def test_token_model_packed_equals_segments_run_apart(cell, impl):
                        **RNN_ARCH,
                        rngs=nnx.Rngs(0))
     model.eval()
-    _, logits = model(jnp.asarray(batch["inputs"]), segment_ids=jnp.asarray(batch["segment_ids"]))
+    # Why nnx.jit: one compiled program per shape, not an op-by-op compile of every op.
+    run = nnx.jit(lambda m, x, seg=None: m(x, segment_ids=seg))
+    _, logits = run(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["segment_ids"]))
     mask = batch["segment_ids"] > 0
     nats, n = token_cross_entropy(logits, jnp.asarray(batch["targets"]), jnp.asarray(mask))
     total = 0.0
     for r, members in enumerate([it.bins[i] for i in range(len(it.bins))]):
         for s, i in enumerate(members):
             t0, t1 = batch["segment_starts"][r, s], batch["segment_ends"][r, s] + 1
-            _, alone = model(jnp.asarray(seqs[i])[None])
+            _, alone = run(model, jnp.asarray(seqs[i])[None])
             np.testing.assert_allclose(np.asarray(logits[r, t0:t1]), np.asarray(alone[0]),
                                        rtol=1e-5, atol=1e-5)
             a_nats, _ = token_cross_entropy(alone, jnp.asarray(seqs[i][::-1])[None],
@@ -175,11 +177,12 @@ def test_sequence_model_packed_pools_each_segment_alone(pooling, bidirectional):
                           **RNN_ARCH,
                           vocab_size=9, rngs=nnx.Rngs(0))
     model.eval()
-    packed = model(b["inputs"], b["lengths"], segment_ids=b["segment_ids"],
-                   segment_starts=b["segment_starts"], segment_ends=b["segment_ends"])
+    run = nnx.jit(lambda m, *a, **k: m(*a, **k))  # one compile per shape, not op by op
+    packed = run(model, b["inputs"], b["lengths"], segment_ids=b["segment_ids"],
+                 segment_starts=b["segment_starts"], segment_ends=b["segment_ends"])
     for r, members in enumerate(it.bins):
         for s, i in enumerate(members):
-            alone = model(jnp.asarray(seqs[i])[None], jnp.asarray([len(seqs[i])]))
+            alone = run(model, jnp.asarray(seqs[i])[None], jnp.asarray([len(seqs[i])]))
             np.testing.assert_allclose(np.asarray(packed[r, s]), np.asarray(alone[0]),
                                        rtol=1e-5, atol=1e-5)
 
