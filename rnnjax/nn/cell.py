@@ -47,6 +47,17 @@ that a cell overrides when the default does not fit:
   cell's fast ``scan_projected`` is never patched, and a new cell family is measured
   with no code outside its own file.
 
+Dtypes (Flax's names; the policy ``model.dtype`` sets, ``docs/performance.md`` §16):
+``param_dtype`` is the parameters' dtype (float32); ``dtype`` the compute dtype (None:
+the parameters' own, float32, which is the default and what every cell computed before
+there was a policy). With ``dtype=jnp.bfloat16`` the projections, the matmuls and the
+gate maths take bfloat16 inputs, and the carry stays float32 (:attr:`carry_dtype`, what
+``initialize_carry`` returns): a carry is cast to ``dtype`` where it feeds a matmul
+(:meth:`_cast`) and the update that makes the next carry runs in float32 (a float32
+carry times a bfloat16 gate promotes to float32; :meth:`_keep` casts a new carry back
+where its maths did not). Outputs ``y`` are in the compute dtype; sums, normalisers,
+stabilisers and cumulative log-gates are float32 (each family's docstring says where).
+
 The time-loop implementation, where a cell has more than one, is a cell argument
 ``impl: "auto" | "fused" | "scan" | "pallas" | "cudnn"`` (see :data:`IMPLS`), settable
 from a config through ``model.cell_kwargs.impl``. ``impl="scan"`` uses no custom VJP
@@ -72,6 +83,7 @@ import inspect
 import pkgutil
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -121,7 +133,8 @@ class RecurrentCell(nnx.Module):
     Args:
       in_features: E, the width of ``x``.
       hidden_features: H, the width of ``h`` and of the output ``y``.
-      dtype: the compute dtype (None: the inputs' and parameters' own).
+      dtype: the compute dtype (None: the parameters' own); see "Dtypes" in the module
+        docstring.
       param_dtype: the parameters' dtype.
     """
 
@@ -148,10 +161,23 @@ class RecurrentCell(nnx.Module):
     def _p(self, name: str) -> Array:
         return self._cast(getattr(self, name)[...])
 
+    @property
+    def carry_dtype(self):
+        """The carry's dtype: the compute dtype, at least float32 (float32 under a
+        bfloat16 policy; float64 for a float64 cell), so that no step's update rounds
+        the state that every later step reads."""
+        return jnp.promote_types(self.dtype or self.param_dtype, jnp.float32)
+
+    @staticmethod
+    def _keep(new: Carry, old: Carry) -> Carry:
+        """``new`` cast leaf by leaf to ``old``'s dtypes: a step's carry keeps the dtype
+        it came in (a no-op when the maths already gave it)."""
+        return jax.tree.map(lambda n, o: n.astype(o.dtype), new, old)
+
     def _zeros(self, batch_shape, dtype) -> Array:
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)
-        dtype = dtype or self.dtype or self.param_dtype
+        dtype = dtype or self.carry_dtype
         return jnp.zeros((*batch_shape, self.hidden_features), dtype)
 
     def check_features(self, x: Array) -> None:
@@ -172,7 +198,8 @@ class RecurrentCell(nnx.Module):
         raise NotImplementedError(f"{type(self).__name__} must define step_projected")
 
     def initialize_carry(self, batch_shape: tuple[int, ...] | int, dtype=None) -> Carry:
-        """The zero carry for ``batch_shape``; leaves ``(*batch_shape, H)``."""
+        """The zero carry for ``batch_shape``; leaves ``(*batch_shape, H)`` in ``dtype``
+        (None: :attr:`carry_dtype`, float32 under a bfloat16 policy)."""
         raise NotImplementedError(f"{type(self).__name__} must define initialize_carry")
 
     # -- inherited -----------------------------------------------------------

@@ -22,7 +22,9 @@ from rnnjax.nn.types import Array
 class ElmanCell(GatedCell):
     """Elman RNN: ``h' = act(x W_ih + b_ih + h W_hh + b_hh)``, act tanh or relu.
 
-    Carry and output: ``h`` ``(B, H)``. Matches ``torch.nn.RNN(nonlinearity=...)``.
+    Carry and output: ``h`` ``(B, H)``, the carry in :attr:`carry_dtype` and the output in
+    the compute dtype (the whole step is one gate, so only the carry is cast back). Matches
+    ``torch.nn.RNN(nonlinearity=...)``.
     Other arguments as :class:`rnnjax.nn.gated.GatedCell` (``impl`` selects only the
     input projection here: the time loop is always the plain scan).
     """
@@ -42,11 +44,11 @@ class ElmanCell(GatedCell):
 
     def _gate(self, h: Array, xp: Array) -> Array:
         """The cell's one gate: ``act(xp + h W_hh)``, the new ``h``."""
-        return self.activations[self.activation](xp + h @ self._p("w_hh"))
+        return self.activations[self.activation](xp + self._cast(h) @ self._p("w_hh"))
 
     def step_projected(self, carry, xp):
-        h = self._gate(carry, xp)
-        return h, h
+        h = self._gate(carry, xp)  # in the compute dtype; the carry keeps its own
+        return self._keep(h, carry), h
 
     def gate_activations(self, carry, xp_t):
         # Only tanh saturates; relu (or a subclass's own activation) has no gate to report.

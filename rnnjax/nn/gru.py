@@ -69,7 +69,8 @@ def _blocks(a: Array, H: int) -> tuple[Array, Array, Array]:
 
 
 class GRUCell(Regularised, GatedCell):
-    """GRU, PyTorch/cuDNN layout (see the module docstring). Carry and output: ``h`` ``(B, H)``.
+    """GRU, PyTorch/cuDNN layout (see the module docstring). Carry and output: ``h`` ``(B, H)``
+    (the carry in :attr:`carry_dtype`, the output in the compute dtype).
 
     Args:
       reset_before: False (default) for the cuDNN form, True for Cho et al. 2014.
@@ -118,13 +119,13 @@ class GRUCell(Regularised, GatedCell):
         H = self.hidden_features
         b_hn = None if self.reset_before else self._p("b_hh")[2 * H :]
         w_hh = self._p("w_hh") if w_hh is None else w_hh
-        return gru_gates(h, *_blocks(xp, H), *_blocks(w_hh, H), b_hn)
+        return gru_gates(self._cast(h), *_blocks(xp, H), *_blocks(w_hh, H), b_hn)
 
     def _step(self, carry, xp, w_hh):
         h = carry
         _, z, n, _ = self._gates(h, xp, w_hh)
-        h = n + z * (h - n)  # == (1 - z) n + z h
-        return h, h
+        h = n + z * (h - n)  # == (1 - z) n + z h, in the carry's dtype
+        return h, self._cast(h)
 
     def step_projected(self, carry, xp):
         return self._step_with_regularizers(carry, xp)

@@ -46,7 +46,8 @@ from rnnjax.nn.types import Array
 class IndRNNCell(RecurrentCell):
     """IndRNN: ``h' = act(x W + b + u ⊙ h)`` (see the module docstring).
 
-    Carry and output: ``h`` ``(B, H)``. Projection: ``xp = x W + b`` ``(..., H)``.
+    Carry and output: ``h`` ``(B, H)``, the carry in :attr:`carry_dtype`, the output in the
+    compute dtype. Projection: ``xp = x W + b`` ``(..., H)``.
 
     Args:
       activation: ``"relu"`` (the paper's), ``"tanh"`` or ``"identity"`` (linear: the time
@@ -119,8 +120,9 @@ class IndRNNCell(RecurrentCell):
                                       impl=self.impl, where="IndRNNCell")
 
     def _step(self, h, xp, u):
+        # u * h is elementwise in the carry's dtype (float32 under a bfloat16 policy).
         h = self.activations[self.activation](xp + u * h)
-        return h, h
+        return h, self._cast(h)
 
     def step_projected(self, carry, xp):
         return self._step(carry, xp, self.recurrent_weight())

@@ -58,7 +58,7 @@ class LayerNormGRUCell(GRUCell):
     def _gates(self, h, xp, w_hh=None):
         H = self.hidden_features
         w_hh = self._p("w_hh") if w_hh is None else w_hh
-        u = layer_norm(h @ w_hh) * self._p("ln_h_gain")
+        u = layer_norm(self._cast(h) @ w_hh) * self._p("ln_h_gain")
         r = jax.nn.sigmoid(xp[:, :H] + u[:, :H])
         z = jax.nn.sigmoid(xp[:, H : 2 * H] + u[:, H : 2 * H])
         hn = u[:, 2 * H :] + self._p("b_hh")[2 * H :]

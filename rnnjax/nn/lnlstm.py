@@ -69,14 +69,14 @@ class LayerNormLSTMCell(LSTMCell):
 
     def _gates(self, carry, xp, w_hh=None):
         w_hh = self._p("w_hh") if w_hh is None else w_hh
-        pre = xp + layer_norm(carry[0] @ w_hh) * self._p("ln_h_gain")
+        pre = xp + layer_norm(self._cast(carry[0]) @ w_hh) * self._p("ln_h_gain")
         return lstm_gates(pre, lstm_gate_scale(self.hidden_features, xp.dtype))
 
     def _step(self, carry, xp, w_hh):
         i, f, gs, o = self._gates(carry, xp, w_hh)
         c = f * carry[1] + i * (2 * gs - 1)
         h = o * jnp.tanh(layer_norm(c) * self._p("ln_c_gain") + self._p("ln_c_bias"))
-        return LSTMState(h, c), h
+        return LSTMState(h, c), self._cast(h)
 
 
 register_cell("layernorm_lstm", LayerNormLSTMCell)

@@ -74,7 +74,8 @@ def lstm_gates(pre: Array, scale: Array) -> tuple[Array, Array, Array, Array]:
 class LSTMCell(Regularised, GatedCell):
     """LSTM, PyTorch layout (see the module docstring).
 
-    Carry: :class:`LSTMState` ``(h, c)``, each ``(B, H)``; output ``h`` ``(B, H)``.
+    Carry: :class:`LSTMState` ``(h, c)``, each ``(B, H)`` in :attr:`carry_dtype`; output
+    ``h`` ``(B, H)`` in the compute dtype (bfloat16 under a bfloat16 policy).
 
     Args:
       forget_bias: added to the forget slice of ``b_hh`` at initialisation only
@@ -187,15 +188,15 @@ class LSTMCell(Regularised, GatedCell):
         return super()._unfusable()
 
     def _gates(self, carry, xp, w_hh=None):
-        h = carry[0]
+        h = self._cast(carry[0])  # the float32 carry enters the matmul in the compute dtype
         w_hh = self._p("w_hh") if w_hh is None else w_hh
         return lstm_gates(xp + h @ w_hh, lstm_gate_scale(self.hidden_features, xp.dtype))
 
     def _step(self, carry, xp, w_hh):
         i, f, gs, o = self._gates(carry, xp, w_hh)
-        c = f * carry[1] + i * (2 * gs - 1)
+        c = f * carry[1] + i * (2 * gs - 1)  # in the carry's dtype (float32 under bf16)
         h = o * jnp.tanh(c)
-        return LSTMState(h, c), h
+        return LSTMState(h, c), self._cast(h)
 
     def step_projected(self, carry, xp):
         return self._step_with_regularizers(carry, xp)

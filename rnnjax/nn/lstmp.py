@@ -63,8 +63,8 @@ class LSTMPCell(LSTMCell):
     def _step(self, carry, xp, w_hh):
         i, f, gs, o = self._gates(carry, xp, w_hh)
         c = f * carry[1] + i * (2 * gs - 1)
-        h = (o * jnp.tanh(c)) @ self._p("w_hr")
-        return LSTMState(h, c), h
+        h = self._cast(o * jnp.tanh(c)) @ self._p("w_hr")  # in the compute dtype
+        return LSTMState(self._keep(h, carry[0]), c), h
 
     def recurrent_matrices(self) -> dict[str, Array]:
         """``{gate: W_hr W_hh,gate}`` ``(H, H)``: one step's unprojected output to the next
@@ -77,7 +77,7 @@ class LSTMPCell(LSTMCell):
     def initialize_carry(self, batch_shape, dtype=None):
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)
-        dtype = dtype or self.dtype or self.param_dtype
+        dtype = dtype or self.carry_dtype
         return LSTMState(jnp.zeros((*batch_shape, self.proj_size), dtype),
                          jnp.zeros((*batch_shape, self.hidden_features), dtype))
 

@@ -126,9 +126,10 @@ class _MinCell(RecurrentCell):
     def step_projected(self, carry, xp):
         # Real space whatever the mode: one step has nothing to parallelise, and the
         # scan modes are tested to agree with this loop.
-        a, b = self._coefficients(xp)
+        # Gates in float32 at least, as the scan computes them (see scan_projected).
+        a, b = self._coefficients(xp.astype(jnp.promote_types(xp.dtype, jnp.float32)))
         h = a * carry + b
-        return h, h
+        return self._keep(h, carry), self._cast(h)
 
     def scan_projected(self, carry, xp, mask=None, *, reverse=False, unroll=1, resets=None):
         """Runs the linear scan chosen by ``scan_mode`` over ``xp`` ``(T, B, G*H)``.

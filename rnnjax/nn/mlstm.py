@@ -298,7 +298,9 @@ class MLSTMCell(RecurrentCell):
       impl: ``"auto"`` (= ``"chunkwise"``) | ``"chunkwise"`` | ``"parallel"`` |
         ``"recurrent"`` | ``"scan"`` (= ``"recurrent"``): the form of :meth:`scan_projected`.
       kernel_init: the initialiser of the ``q, k, v, o`` columns of ``w_ih``.
-      dtype, param_dtype: as for every cell.
+      dtype, param_dtype: as for every cell. Under a bfloat16 policy the projection and
+        ``q, k, v`` are bfloat16; the gates, the memory ``(c, n, m)`` and the carry's ``h``
+        float32, so the matmuls that read the memory promote to float32; ``y`` is bfloat16.
 
     Projection layout: ``xp = x w_ih + b_ih`` is ``(..., 4H + 2N)``, blocks
     ``[q, k, v, õ, ĩ, f̃]`` (each of the first four ``(N, DH)`` head-major). As in xLSTM's
@@ -348,11 +350,17 @@ class MLSTMCell(RecurrentCell):
         return self._cast(x) @ self._p("w_ih") + self._p("b_ih")
 
     def _split(self, xp: Array):
-        """``xp`` ``(..., 4H + 2N)`` -> ``q, k, v, õ`` ``(..., N, DH)``, ``ĩ, f̃`` ``(..., N)``."""
+        """``xp`` ``(..., 4H + 2N)`` -> ``q, k, v, õ`` ``(..., N, DH)``, ``ĩ, f̃`` ``(..., N)``.
+
+        The gate pre-activations ``ĩ, f̃`` come out in float32 at least: their cumulative
+        sums (the chunk's ``log f`` prefix) and the stabiliser ``m`` are float32 whatever
+        the compute dtype; ``q, k, v, õ`` stay in it.
+        """
         H, N = self.hidden_features, self.num_heads
         qkvo = xp[..., :4 * H].reshape(xp.shape[:-1] + (4, N, self.head_dim))
         q, k, v, o = (qkvo[..., g, :, :] for g in range(4))
-        return q, k, v, o, xp[..., 4 * H:4 * H + N], xp[..., 4 * H + N:]
+        ct = jnp.promote_types(xp.dtype, jnp.float32)
+        return q, k, v, o, xp[..., 4 * H:4 * H + N].astype(ct), xp[..., 4 * H + N:].astype(ct)
 
     def _output(self, o: Array, h: Array) -> Array:
         """``y = σ(õ) ⊙ h``, heads concatenated: ``(..., N, DH) -> (..., H)``."""
@@ -365,7 +373,7 @@ class MLSTMCell(RecurrentCell):
     def initialize_carry(self, batch_shape, dtype=None) -> MLSTMState:
         if isinstance(batch_shape, int):
             batch_shape = (batch_shape,)
-        dtype = dtype or self.dtype or self.param_dtype
+        dtype = dtype or self.carry_dtype
         N, D = self.num_heads, self.head_dim
 
         def z(*s):
@@ -411,7 +419,7 @@ class MLSTMCell(RecurrentCell):
         ys = jnp.moveaxis(ys, 1, 0)
         if reverse:
             ys = ys[::-1]
-        return MLSTMState(h_last.astype(carry.h.dtype), *state), ys
+        return MLSTMState(h_last.astype(carry.h.dtype), *state), self._cast(ys)
 
     # -- diagnostics hooks ---------------------------------------------------
     @property
@@ -429,7 +437,7 @@ class MLSTMCell(RecurrentCell):
         if eps is not None:
             mem = mem._replace(c=mem.c + eps.reshape(mem.c.shape))
         y = self._output(o, _readout(mem, q, EPS))
-        return MLSTMState(y, *mem), y
+        return MLSTMState(y.astype(carry.h.dtype), *mem), self._cast(y)
 
     def gate_activations(self, carry, xp_t):
         """The forget gate ``σ(f̃)`` (per head, repeated over its DH units) and the output

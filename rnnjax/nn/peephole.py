@@ -45,7 +45,7 @@ class PeepholeLSTMCell(LSTMCell):
         """``(i, f, g, pre_o)``: the gates that read ``c_{t-1}``, and ``o``'s pre-activation."""
         h, c = carry
         H = self.hidden_features
-        pre = xp + h @ w_hh
+        pre = xp + self._cast(h) @ w_hh
         i = jax.nn.sigmoid(pre[:, :H] + self._p("p_i") * c)
         f = jax.nn.sigmoid(pre[:, H : 2 * H] + self._p("p_f") * c)
         g = jnp.tanh(pre[:, 2 * H : 3 * H])
@@ -56,7 +56,7 @@ class PeepholeLSTMCell(LSTMCell):
         c = f * carry[1] + i * g
         o = jax.nn.sigmoid(pre_o + self._p("p_o") * c)
         h = o * jnp.tanh(c)
-        return LSTMState(h, c), h
+        return LSTMState(h, c), self._cast(h)
 
     def gate_activations(self, carry, xp_t):
         i, f, g, pre_o = self._peephole_gates(carry, xp_t, self._p("w_hh"))

@@ -118,9 +118,10 @@ class Regularised:
         """``step`` with zoneout; the returned step takes ``(xp_t, masks_t)`` inputs."""
         def zoned(carry, inp):
             xp_t, m_t = inp
-            new, _ = step(carry, xp_t)
+            new, y = step(carry, xp_t)
             new = self.zone.apply(carry, new, m_t)
-            return new, carry_output(new)
+            # y in the step's own output dtype (the compute dtype; the carry may be wider).
+            return new, carry_output(new).astype(y.dtype)
         return zoned
 
     def _zoneout_scan(self, step: Callable, carry, xp, mask, *, reverse, unroll, resets):

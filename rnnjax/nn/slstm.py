@@ -73,7 +73,8 @@ def zero_state(batch: int, hidden: int, dtype=jnp.float32) -> SLSTMState:
     return SLSTMState(z, z, z, z)
 
 
-def slstm_step(state: SLSTMState, wx: Array, r: Array) -> tuple[SLSTMState, Array]:
+def slstm_step(state: SLSTMState, wx: Array, r: Array,
+               compute_dtype=None) -> tuple[SLSTMState, Array]:
     """One sLSTM step.
 
     Args:
@@ -82,12 +83,21 @@ def slstm_step(state: SLSTMState, wx: Array, r: Array) -> tuple[SLSTMState, Arra
         each gate's block ``(N, DH)`` head-major.
       r: ``(N, DH, 4, DH)`` the recurrent weights: ``r[n, a, g, e]`` maps unit ``a`` of
         head ``n``'s ``h`` to unit ``e`` of gate ``g`` of the same head.
+      compute_dtype: None (everything in the operands' own dtypes), or the dtype (bfloat16)
+        that ``h`` is cast to for the recurrent matmul; the pre-activations then go back to
+        the state's dtype, so the exponential gates, the stabiliser ``m`` and the
+        normaliser ``n`` are computed in float32 (a bfloat16 exponent would be off by up
+        to 2^-8 of its size, a relative error of that much times ``|ĩ|`` in ``exp(ĩ)``).
 
     Returns:
-      ``(state, h)`` with ``h`` ``(B, H)``.
+      ``(state, h)`` with ``h`` ``(B, H)`` in the state's dtype.
     """
     h, c, n, m = state
-    i, f, z, o = _preactivations(h, wx, r)
+    if compute_dtype is None:
+        i, f, z, o = _preactivations(h, wx, r)
+    else:
+        pre = _preactivations(h.astype(compute_dtype), wx, r)
+        i, f, z, o = (p.astype(c.dtype) for p in pre)
     logf_m = jax.nn.log_sigmoid(f) + m
     m_new = jnp.where(n == 0, i, jnp.maximum(i, logf_m))
     ig = jnp.exp(i - m_new)  # <= 1: m_new >= i
@@ -164,7 +174,9 @@ class SLSTMCell(RecurrentCell):
       hidden_features: H = ``num_heads * DH``.
       num_heads: N; must divide H. The recurrent matrices are block-diagonal with N blocks.
       kernel_init: initialiser of ``w_ih`` ``(E, 4H)``.
-      dtype, param_dtype: as for every cell.
+      dtype, param_dtype: as for every cell. Under a bfloat16 policy the projections and
+        the recurrent matmul run in bfloat16; the gates, ``c, n, m`` and ``h`` of the carry
+        in float32 (:func:`slstm_step`); the output ``y`` is bfloat16.
 
     Parameters: ``w_ih`` ``(E, 4H)`` and ``b_ih`` ``(4H)`` (gate-major ``[i, f, z, o]``),
     ``r`` ``(N, DH, 4, DH)``. ``r`` starts uniform in ``±1/sqrt(H)`` (xlstm's "standard"
@@ -203,7 +215,8 @@ class SLSTMCell(RecurrentCell):
         return self._cast(x) @ self._p("w_ih") + self._p("b_ih")
 
     def step_projected(self, carry: SLSTMState, xp_t: Array) -> tuple[SLSTMState, Array]:
-        return slstm_step(carry, xp_t, self._p("r"))
+        carry, h = slstm_step(carry, xp_t, self._p("r"), self.dtype)
+        return carry, self._cast(h)
 
     def initialize_carry(self, batch_shape, dtype=None) -> SLSTMState:
         z = self._zeros(batch_shape, dtype)
@@ -214,7 +227,7 @@ class SLSTMCell(RecurrentCell):
     def gate_activations(self, carry, xp_t):
         """``σ(f̃)``, ``tanh(z̃)``, ``σ(õ)``; the exponential input gate has no saturating
         range to report."""
-        _, f, z, o = _preactivations(carry.h, xp_t, self._p("r"))
+        _, f, z, o = _preactivations(self._cast(carry.h), xp_t, self._p("r"))
         return {"f": ("sigmoid", jax.nn.sigmoid(f)), "z": ("tanh", jnp.tanh(z)),
                 "o": ("sigmoid", jax.nn.sigmoid(o))}
 
