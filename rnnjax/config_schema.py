@@ -16,6 +16,8 @@ import ml_collections
 
 #: model.arch values: the make_rnn stack or the residual blocks of rnnjax/nn/blocks.py.
 ARCHS = ("rnn", "blocks")
+#: model.dtype values, the compute dtype (rnnjax.models.common.DTYPES maps them to dtypes).
+DTYPES = ("float32", "bfloat16")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -41,6 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
     # The chosen cell's options (forget_bias, reset_before, scan_mode, r_min ...): the one
     # config dict that takes new keys on the command line, --config.model.cell_kwargs.r_min=0.9.
     m.cell_kwargs = ml_collections.ConfigDict()
+    # Mixed precision, Flax's names: the compute dtype, float32 | bfloat16. Parameters stay
+    # float32 (Flax's param_dtype; the optimiser updates them in float32), and so do the
+    # recurrent carries, the sums and normalisers inside the cells, and the logits/loss.
+    # bfloat16 runs the embeddings, projections, recurrent matmuls, gate maths and heads in
+    # bfloat16. Not faster on a CPU (docs/performance.md §16); model.arch="rnn" only.
+    m.dtype = "float32"
     m.embed_dim = 64  # for token inputs
     m.pooling = "last"  # last | mean | max (sequence -> vector models)
     m.head_hidden = ()  # MLP head hidden sizes
@@ -198,6 +206,11 @@ def validate(config) -> None:
     if arch is not None and arch not in ARCHS:
         raise ValueError(f"model.arch={arch!r}: known architectures {list(ARCHS)}; set "
                          f"--config.model.arch=blocks or rnn")
+    dtype = _get(config, "model.dtype")
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"model.dtype={dtype!r}: the compute dtype must be one of "
+                         f"{list(DTYPES)} (parameters stay float32); set "
+                         f"--config.model.dtype=bfloat16 or --config.model.dtype=float32")
     for key in ("model.dropout", "model.embed_dropout"):
         rate = _get(config, key)
         if rate is not None and not 0.0 <= float(rate) < 1.0:

@@ -20,22 +20,62 @@ from rnnjax.nn import Bidirectional, make_rnn
 from rnnjax.nn.blocks import BlockStack
 from rnnjax.nn.types import Array
 
+#: ``model.dtype`` names -> the compute dtype handed to cells, embeddings and dense layers
+#: (Flax's ``dtype``; parameters stay float32, Flax's ``param_dtype``). "float32" is None,
+#: "the parameters' own": exactly what every model computed before there was a policy.
+#: ``rnnjax.config_schema.DTYPES`` lists the same names (a test keeps them equal).
+DTYPES = {"float32": None, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str):
+    """``model.dtype`` -> the compute dtype (None for float32); an unknown name says what
+    the known ones are."""
+    if name not in DTYPES:
+        raise ValueError(f"unknown model.dtype {name!r}: the compute dtype is one of "
+                         f"{list(DTYPES)} (parameters stay float32); set "
+                         f"--config.model.dtype=bfloat16 or float32")
+    return DTYPES[name]
+
+
+def cell_dtype_kwargs(dtype, cell_kwargs) -> dict:
+    """``cell_kwargs`` with the policy's compute dtype added (none for float32), refusing a
+    second, conflicting ``cell_kwargs.dtype``."""
+    kw = dict(cell_kwargs)
+    if dtype is None:
+        return kw
+    if "dtype" in kw:
+        raise ValueError("model.cell_kwargs.dtype and model.dtype both set the cells' compute "
+                         "dtype; remove model.cell_kwargs.dtype and keep model.dtype")
+    return {**kw, "dtype": dtype}
+
+
+def to_float32(logits: Array) -> Array:
+    """The head's output for the loss: float32 whatever the compute dtype, so the softmax,
+    the cross-entropy and the MSE never run in bfloat16 (a no-op under float32)."""
+    return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
+
 
 def make_encoder(*, arch: str, cell: str, in_features: int, hidden: int, num_layers: int,
                  bidirectional: bool, dropout: float, unroll: int, cell_kwargs,
                  conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
-                 max_len: int, rngs: nnx.Rngs):
+                 max_len: int, rngs: nnx.Rngs, dtype=None):
     """The sequence encoder ``config.model.arch`` names: a ``make_rnn`` stack ("rnn") or a
     :class:`~rnnjax.nn.blocks.BlockStack` ("blocks", causal, so never bidirectional).
     Both take ``(x, seq_lengths=, initial_carry=, return_carry=)`` and return
-    ``(carries, ys)``, with ``initialize_carry`` per layer (see ``encoder_carry``)."""
+    ``(carries, ys)``, with ``initialize_carry`` per layer (see ``encoder_carry``).
+    ``dtype`` is the compute dtype from :func:`compute_dtype` (None: float32)."""
     if arch == "rnn":
         if cell == "attention":
             raise ValueError("model.cell='attention' needs model.arch='blocks'")
         return make_rnn(cell, in_features, hidden, num_layers=num_layers,
                         bidirectional=bidirectional, dropout=dropout, unroll=unroll, rngs=rngs,
-                        **dict(cell_kwargs))
+                        **cell_dtype_kwargs(dtype, cell_kwargs))
     if arch == "blocks":
+        if dtype is not None:
+            raise ValueError(f"model.dtype={jnp.dtype(dtype).name} covers model.arch='rnn' "
+                             f"(every cell, embeddings and heads); the residual blocks of "
+                             f"model.arch='blocks' have no mixed-precision policy yet: set "
+                             f"model.dtype=float32 with blocks")
         if bidirectional:
             raise ValueError("model.arch='blocks' is causal; set model.bidirectional=False")
         return BlockStack(cell, in_features, hidden, num_layers=num_layers,
@@ -74,7 +114,7 @@ class Embedder(nnx.Module):
     """
 
     def __init__(self, vocab_size: int, features: int, *, pretrained: np.ndarray | None = None,
-                 freeze: bool = False, rngs: nnx.Rngs):
+                 freeze: bool = False, dtype=None, rngs: nnx.Rngs):
         if pretrained is not None:
             pretrained = np.asarray(pretrained, np.float32)
             if pretrained.shape != (vocab_size, features):
@@ -86,14 +126,21 @@ class Embedder(nnx.Module):
         self.vocab_size = vocab_size
         self.features = features
         self.frozen = freeze
+        self.dtype = dtype  # the compute dtype of the vectors (None: the table's, float32)
         self.table = Constant(table) if freeze else nnx.Param(table)
 
+    def _table(self) -> Array:
+        t = self.table[...]
+        return t if self.dtype is None else t.astype(self.dtype)
+
     def __call__(self, tokens: Array) -> Array:
-        return jnp.take(self.table[...], tokens, axis=0)
+        return jnp.take(self._table(), tokens, axis=0)
 
     def attend(self, h: Array) -> Array:
         """``(..., E) -> (..., V)``: logits against the table (tied output layer)."""
-        return h @ self.table[...].T
+        if self.dtype is not None:
+            h = h.astype(self.dtype)
+        return h @ self._table().T
 
 
 class EmbeddingDropout(nnx.Module):
@@ -143,6 +190,9 @@ def activation_regularizers(h: Array, h_dropped: Array, mask: Array,
     carry over from its code unchanged.
     """
     F = h.shape[-1]
+    # Sums of squares in float32 at least: under a bfloat16 policy the outputs are bfloat16.
+    ct = jnp.promote_types(h.dtype, jnp.float32)
+    h, h_dropped = h.astype(ct), h_dropped.astype(ct)
     m = mask.astype(h.dtype)[..., None]
     ar = jnp.sum(jnp.square(h_dropped) * m) / jnp.maximum(jnp.sum(m) * F, 1.0)
     pm = pair_mask.astype(h.dtype)[..., None]
@@ -161,13 +211,15 @@ def segment_resets(segment_ids: Array | None) -> Array | None:
 
 
 class MLP(nnx.Module):
-    """Dense layers with ReLU and dropout, then a linear output layer."""
+    """Dense layers with ReLU and dropout, then a linear output layer (``dtype``: the
+    compute dtype, as ``nnx.Linear``'s; None computes in the inputs' and kernels' dtype)."""
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int, *,
-                 dropout: float = 0.0, rngs: nnx.Rngs):
+                 dropout: float = 0.0, dtype=None, rngs: nnx.Rngs):
         sizes = [in_features, *hidden]
-        self.hidden = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(sizes)])
-        self.out = nnx.Linear(sizes[-1], out_features, rngs=rngs)
+        self.hidden = nnx.List([nnx.Linear(a, b, dtype=dtype, rngs=rngs)
+                                for a, b in itertools.pairwise(sizes)])
+        self.out = nnx.Linear(sizes[-1], out_features, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:

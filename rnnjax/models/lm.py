@@ -23,9 +23,11 @@ from flax import nnx
 from rnnjax.models.common import (
     Embedder,
     EmbeddingDropout,
+    compute_dtype,
     encoder_carry,
     make_encoder,
     segment_resets,
+    to_float32,
 )
 from rnnjax.nn.types import Array
 
@@ -42,7 +44,9 @@ class TokenModel(nnx.Module):
     the block options ``conv_kernel``, ``output_gate``, ``mlp_expansion``, ``num_heads``,
     ``max_len`` (unused with "rnn"); ``embed_dropout`` (whole words dropped,
     :class:`rnnjax.models.common.EmbeddingDropout`; the tied output layer reads the
-    undropped table, as in AWD-LSTM).
+    undropped table, as in AWD-LSTM); ``dtype`` the compute dtype, "float32" or "bfloat16"
+    (:data:`rnnjax.models.common.DTYPES`; parameters and carries stay float32, the logits
+    are float32).
     """
 
     def __init__(self, *, vocab_size: int, embed_dim: int, cell: str, hidden: int,
@@ -50,9 +54,11 @@ class TokenModel(nnx.Module):
                  cell_kwargs: Mapping[str, Any], tie_embeddings: bool, arch: str,
                  conv_kernel: int, output_gate: bool, mlp_expansion: float, num_heads: int,
                  max_len: int, embed_dropout: float, out_vocab_size: int | None = None,
-                 rngs: nnx.Rngs):
+                 dtype: str = "float32", rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
-        self.embed = Embedder(vocab_size, embed_dim, rngs=rngs)
+        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        dt = compute_dtype(dtype)
+        self.embed = Embedder(vocab_size, embed_dim, dtype=dt, rngs=rngs)
         # None at rate 0, so a model without it has exactly the state it always had.
         self.embed_drop = (EmbeddingDropout(embed_dropout, vocab_size, rngs=rngs)
                            if embed_dropout else None)
@@ -60,7 +66,7 @@ class TokenModel(nnx.Module):
             arch=arch, cell=cell, in_features=embed_dim, hidden=hidden, num_layers=num_layers,
             bidirectional=bidirectional, dropout=dropout, unroll=unroll, cell_kwargs=cell_kwargs,
             conv_kernel=conv_kernel, output_gate=output_gate, mlp_expansion=mlp_expansion,
-            num_heads=num_heads, max_len=max_len, rngs=rngs)
+            num_heads=num_heads, max_len=max_len, rngs=rngs, dtype=dt)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         self.tie = bool(tie_embeddings)
         if self.tie:
@@ -69,7 +75,8 @@ class TokenModel(nnx.Module):
                                  "and hidden (x directions) == embed_dim")
             self.out = None
         else:
-            self.out = nnx.Linear(self.encoder.output_features, out_vocab_size, rngs=rngs)
+            self.out = nnx.Linear(self.encoder.output_features, out_vocab_size, dtype=dt,
+                                  rngs=rngs)
 
     def initialize_carry(self, batch_size: int):
         return encoder_carry(self.encoder, batch_size)
@@ -98,7 +105,7 @@ class TokenModel(nnx.Module):
         carries, ys = self.encoder(x, seq_lengths=lengths, initial_carry=carry,
                                    return_carry=True, **extra)
         dropped = self.dropout(ys)
-        logits = self.embed.attend(dropped) if self.tie else self.out(dropped)
+        logits = to_float32(self.embed.attend(dropped) if self.tie else self.out(dropped))
         if return_hidden:
             return carries, logits, (ys, dropped)
         return carries, logits

@@ -20,6 +20,9 @@
 ``dropout``         between recurrent layers (both sides) and before the output layer
 ``unroll``          ``lax.scan`` unroll of the sequence forms
 ``cell_kwargs``     the cell's own options (both sides)
+``dtype``           the compute dtype, ``float32`` or ``bfloat16`` (``models.common.DTYPES``):
+                    embeddings, both RNNs, bridge, combine and output layer; parameters,
+                    carries, attention scores and softmax, and the logits stay float32
 ==================  ====================================================================
 
 The bridge. Decoder layer ``l`` (of ``Ld``) starts from encoder layer
@@ -71,7 +74,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from rnnjax.models.common import Embedder, carry_h
+from rnnjax.models.common import (
+    Embedder,
+    carry_h,
+    cell_dtype_kwargs,
+    compute_dtype,
+    to_float32,
+)
 from rnnjax.nn import Bidirectional, make_rnn
 from rnnjax.nn.attention import ATTENTIONS, make_attention
 from rnnjax.nn.types import Array
@@ -91,8 +100,11 @@ class Seq2Seq(nnx.Module):
                  num_layers: int, bidirectional: bool, decoder_layers: int, decoder_hidden: int,
                  embed_dim: int, share_embeddings: bool, bridge: str, attention: str,
                  attention_features: int, input_feeding: bool, dropout: float, unroll: int,
-                 cell_kwargs: Mapping[str, Any], rngs: nnx.Rngs):
+                 cell_kwargs: Mapping[str, Any], dtype: str = "float32", rngs: nnx.Rngs):
         D = 2 if bidirectional else 1
+        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        dt = compute_dtype(dtype)
+        cell_kwargs = cell_dtype_kwargs(dt, cell_kwargs)
         self.attention_name = attention or "none"
         if self.attention_name != "none" and self.attention_name not in ATTENTIONS:
             raise ValueError(f"unknown model.attention {self.attention_name!r}; known: "
@@ -112,14 +124,14 @@ class Seq2Seq(nnx.Module):
         F = D * H_enc  # memory width
 
         self.share_embeddings = bool(share_embeddings)
-        self.src_embed = Embedder(src_vocab_size, E, rngs=rngs)
+        self.src_embed = Embedder(src_vocab_size, E, dtype=dt, rngs=rngs)
         if self.share_embeddings:
             if src_vocab_size != tgt_vocab_size:
                 raise ValueError(f"model.share_embeddings needs one vocabulary, got source "
                                  f"{src_vocab_size} and target {tgt_vocab_size} tokens")
             self.tgt_embed = self.src_embed
         else:
-            self.tgt_embed = Embedder(tgt_vocab_size, E, rngs=rngs)
+            self.tgt_embed = Embedder(tgt_vocab_size, E, dtype=dt, rngs=rngs)
         self.encoder = make_rnn(cell, E, H_enc, num_layers=num_layers, bidirectional=bidirectional,
                                 dropout=dropout, unroll=unroll, rngs=rngs, **dict(cell_kwargs))
 
@@ -133,19 +145,20 @@ class Seq2Seq(nnx.Module):
                 dec_in, out_in = E + F, H_dec + F
             else:
                 dec_in, out_in = E + (H_dec if self.input_feeding else 0), H_dec
-        self.combine = (nnx.Linear(F + H_dec, H_dec, rngs=rngs)
+        self.combine = (nnx.Linear(F + H_dec, H_dec, dtype=dt, rngs=rngs)
                         if self.attention_name.startswith("luong") else None)
         self.decoder = make_rnn(cell, dec_in, H_dec, num_layers=L_dec, dropout=dropout,
                                 unroll=unroll, rngs=rngs, **dict(cell_kwargs))
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        self.out = nnx.Linear(out_in, tgt_vocab_size, rngs=rngs)
+        self.out = nnx.Linear(out_in, tgt_vocab_size, dtype=dt, rngs=rngs)
 
         # Bridge: one Linear per carry component per decoder layer, or None (identity/zeros).
         L_enc = num_layers
         n_components = len(jax.tree.leaves(self.decoder.layers[0].initialize_carry(1)))
         if self.bridge_mode == "project" and F != H_dec:
             self.bridge = nnx.List([
-                nnx.List([nnx.Linear(F, H_dec, rngs=rngs) for _ in range(n_components)])
+                nnx.List([nnx.Linear(F, H_dec, dtype=dt, rngs=rngs)
+                          for _ in range(n_components)])
                 for _ in range(L_dec)])
         else:
             self.bridge = None
@@ -182,7 +195,9 @@ class Seq2Seq(nnx.Module):
                 c = jax.tree.map(lambda f, b: jnp.concatenate([f, b], axis=-1), c[0], c[1])
             leaves = jax.tree.leaves(c)
             if self.bridge is not None:
-                leaves = [lin(x) for lin, x in zip(self.bridge[l], leaves)]
+                # Back to the carry's dtype (float32) after a bfloat16 projection.
+                leaves = [lin(x).astype(z.dtype) for lin, x, z
+                          in zip(self.bridge[l], leaves, jax.tree.leaves(zero))]
             rnn.append(jax.tree.unflatten(jax.tree.structure(zero), leaves))
         carry: dict[str, Any] = {"rnn": rnn}
         if self.input_feeding:
@@ -219,12 +234,12 @@ class Seq2Seq(nnx.Module):
                                           context.get("keys"))
             h = jnp.tanh(self.combine(jnp.concatenate([ctx, x], axis=-1)))
             if self.input_feeding:
-                new_carry["feed"] = h
+                new_carry["feed"] = h.astype(carry["feed"].dtype)
         else:
             h = x
         if drop is not None and "out" in drop:
             h = h * drop["out"]
-        return new_carry, self.out(h), weights
+        return new_carry, to_float32(self.out(h)), weights
 
     def step(self, carry, tokens: Array, context) -> tuple[Any, Array]:
         """The decoding step ``(carry, tokens (N,), context) -> (carry, logits (N, V))``."""
@@ -269,7 +284,7 @@ class Seq2Seq(nnx.Module):
             ctx, weights = self.attention(ys, context["memory"], context["mask"],
                                           context.get("keys"))
             ys = jnp.tanh(self.combine(jnp.concatenate([ctx, ys], axis=-1)))
-        return self.out(self.dropout(ys)), weights
+        return to_float32(self.out(self.dropout(ys))), weights
 
     def unroll(self, carry, context, decoder_inputs: Array, teacher_mask: Array | None = None,
                sample_key: Array | None = None) -> tuple[Array, Array | None, Array]:

@@ -20,7 +20,16 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from rnnjax.models.common import MLP, Embedder, last_valid, make_encoder, pool, segment_resets
+from rnnjax.models.common import (
+    MLP,
+    Embedder,
+    compute_dtype,
+    last_valid,
+    make_encoder,
+    pool,
+    segment_resets,
+    to_float32,
+)
 from rnnjax.nn import Bidirectional
 from rnnjax.nn.blocks import BlockStack
 from rnnjax.nn.scan import lengths_to_mask
@@ -36,7 +45,9 @@ class SequenceModel(nnx.Module):
     ``bidirectional``, ``dropout``, ``unroll``, ``cell_kwargs``; ``pooling`` (last | mean |
     max) and ``head_hidden`` (the MLP head's hidden sizes; ``dropout`` applies there too);
     ``arch`` ("rnn" or "blocks") and the block options ``conv_kernel``, ``output_gate``,
-    ``mlp_expansion``, ``num_heads``, ``max_len`` (see :class:`rnnjax.models.lm.TokenModel`).
+    ``mlp_expansion``, ``num_heads``, ``max_len`` (see :class:`rnnjax.models.lm.TokenModel`);
+    ``dtype`` the compute dtype, "float32" or "bfloat16" (:data:`rnnjax.models.common.DTYPES`;
+    parameters and carries stay float32, the output is float32).
     """
 
     def __init__(self, *, out_features: int, cell: str, hidden: int, num_layers: int,
@@ -45,15 +56,17 @@ class SequenceModel(nnx.Module):
                  freeze_embedding: bool, arch: str, conv_kernel: int, output_gate: bool,
                  mlp_expansion: float, num_heads: int, max_len: int, vocab_size: int | None = None,
                  in_features: int | None = None, pretrained: np.ndarray | None = None,
-                 rngs: nnx.Rngs):
+                 dtype: str = "float32", rngs: nnx.Rngs):
         """Give ``vocab_size`` for token inputs, else ``in_features`` (``embed_dim`` and
         ``freeze_embedding`` are then unused)."""
         if (vocab_size is None) == (in_features is None):
             raise ValueError("SequenceModel needs exactly one of vocab_size (token inputs) or "
                              "in_features (real-valued inputs)")
+        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        dt = compute_dtype(dtype)
         if vocab_size is not None:
             self.embed = Embedder(vocab_size, embed_dim, pretrained=pretrained,
-                                  freeze=freeze_embedding, rngs=rngs)
+                                  freeze=freeze_embedding, dtype=dt, rngs=rngs)
             in_features = embed_dim
         else:
             self.embed = None
@@ -61,10 +74,10 @@ class SequenceModel(nnx.Module):
             arch=arch, cell=cell, in_features=in_features, hidden=hidden, num_layers=num_layers,
             bidirectional=bidirectional, dropout=dropout, unroll=unroll, cell_kwargs=cell_kwargs,
             conv_kernel=conv_kernel, output_gate=output_gate, mlp_expansion=mlp_expansion,
-            num_heads=num_heads, max_len=max_len, rngs=rngs)
+            num_heads=num_heads, max_len=max_len, rngs=rngs, dtype=dt)
         self.pooling = pooling
         self.head = MLP(self.encoder.output_features, tuple(head_hidden), out_features,
-                        dropout=dropout, rngs=rngs)
+                        dropout=dropout, dtype=dt, rngs=rngs)
 
     def __call__(self, inputs: Array, lengths: Array | None = None, *,
                  segment_ids: Array | None = None, segment_starts: Array | None = None,
@@ -74,8 +87,8 @@ class SequenceModel(nnx.Module):
         -> ``(B, S, O)``."""
         x = self.embed(inputs) if self.embed is not None else inputs
         if segment_ids is not None:
-            return self.head(self._pool_segments(x, lengths, segment_ids, segment_starts,
-                                                 segment_ends))
+            return to_float32(self.head(self._pool_segments(x, lengths, segment_ids,
+                                                            segment_starts, segment_ends)))
         carries, ys = self.encoder(x, seq_lengths=lengths, return_carry=True)
         if lengths is None:
             mask = jnp.ones(x.shape[:2], bool)
@@ -85,7 +98,7 @@ class SequenceModel(nnx.Module):
             pooled = last_valid(ys, mask)  # a block's carry is a memory, not an output
         else:
             pooled = pool(self.pooling, self.encoder.layers[-1], carries[-1], ys, mask)
-        return self.head(pooled)
+        return to_float32(self.head(pooled))
 
     def _pool_segments(self, x, lengths, segment_ids, starts, ends) -> Array:
         """``(B, S, F)``: each packed segment pooled as if it ran alone.
