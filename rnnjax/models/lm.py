@@ -56,7 +56,8 @@ class TokenModel(nnx.Module):
                  max_len: int, embed_dropout: float, out_vocab_size: int | None = None,
                  dtype: str = "float32", rngs: nnx.Rngs):
         out_vocab_size = out_vocab_size or vocab_size
-        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        # A default, unlike the other config keys: float32 unless asked (as Flax's dtype), and
+        # run directories whose config.json predates the key still load.
         dt = compute_dtype(dtype)
         self.embed = Embedder(vocab_size, embed_dim, dtype=dt, rngs=rngs)
         # None at rate 0, so a model without it has exactly the state it always had.

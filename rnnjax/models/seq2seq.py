@@ -102,7 +102,8 @@ class Seq2Seq(nnx.Module):
                  attention_features: int, input_feeding: bool, dropout: float, unroll: int,
                  cell_kwargs: Mapping[str, Any], dtype: str = "float32", rngs: nnx.Rngs):
         D = 2 if bidirectional else 1
-        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        # A default, unlike the other config keys: float32 unless asked (as Flax's dtype), and
+        # run directories whose config.json predates the key still load.
         dt = compute_dtype(dtype)
         cell_kwargs = cell_dtype_kwargs(dt, cell_kwargs)
         self.attention_name = attention or "none"

@@ -62,7 +62,8 @@ class SequenceModel(nnx.Module):
         if (vocab_size is None) == (in_features is None):
             raise ValueError("SequenceModel needs exactly one of vocab_size (token inputs) or "
                              "in_features (real-valued inputs)")
-        # A default, unlike the other config keys: like Flax's dtype, float32 unless asked.
+        # A default, unlike the other config keys: float32 unless asked (as Flax's dtype), and
+        # run directories whose config.json predates the key still load.
         dt = compute_dtype(dtype)
         if vocab_size is not None:
             self.embed = Embedder(vocab_size, embed_dim, pretrained=pretrained,
