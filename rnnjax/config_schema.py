@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
     # float32 (Flax's param_dtype; the optimiser updates them in float32), and so do the
     # recurrent carries, the sums and normalisers inside the cells, and the logits/loss.
     # bfloat16 runs the embeddings, projections, recurrent matmuls, gate maths and heads in
-    # bfloat16. Not faster on a CPU (docs/performance.md §16); model.arch="rnn" only.
+    # bfloat16. Not faster on a CPU (docs/performance.md §17); model.arch="rnn" only.
     m.dtype = "float32"
     m.embed_dim = 64  # for token inputs
     m.pooling = "last"  # last | mean | max (sequence -> vector models)

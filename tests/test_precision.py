@@ -14,7 +14,7 @@ For every registered cell family and each of its time loops (``MODES`` must list
 3. bfloat16 training of ``configs/adding.py`` (regression) and ``configs/addition.py``
    (seq2seq) lowers the loss as float32 training does, within a stated tolerance; the
    full-length runs that reach the configs' documented thresholds are ``slow`` tests
-   (measured results in docs/performance.md §16);
+   (measured results in docs/performance.md §17);
 4. an unknown dtype name is a clear error, in the config, the model and the CLI; the CLI
    trains with ``--config.model.dtype=bfloat16``.
 """
@@ -203,7 +203,7 @@ def test_default_dtype_is_float32_bit_for_bit(cell):
     """A model built without ``dtype`` (as before the policy), with ``dtype="float32"``, and
     its cells: float32 everywhere, the same bits in outputs and gradients. (Against the
     code before the policy, every family and loop, forward, gradients and step form, were
-    compared bit for bit once: docs/performance.md §16.)"""
+    compared bit for bit once: docs/performance.md §17.)"""
     kw = _model_kwargs(cell=cell, cell_kwargs={"num_heads": 2} if cell == "mlstm" else {})
     plain = SequenceModel(**kw, rngs=nnx.Rngs(0))
     explicit = SequenceModel(**kw, dtype="float32", rngs=nnx.Rngs(0))
@@ -346,7 +346,7 @@ def test_addition_trains_in_bfloat16_as_in_float32(tmp_path):
 @pytest.mark.slow
 def test_adding_default_job_in_bfloat16_reaches_its_threshold(tmp_path):
     # configs/adding.py: eval MSE <= 0.01 in 1,500 steps (T=100). Measured in bfloat16:
-    # docs/performance.md §16.
+    # docs/performance.md §17.
     cfg = load_config(str(CONFIGS / "adding.py"), {"model.dtype": "bfloat16"})
     assert train_and_evaluate(cfg, tmp_path, progress=False)["mse"] <= 0.01
 
@@ -354,7 +354,7 @@ def test_adding_default_job_in_bfloat16_reaches_its_threshold(tmp_path):
 @pytest.mark.slow
 def test_addition_in_bfloat16_reaches_95_percent_exact_match(tmp_path):
     # configs/addition.py: greedy exact match >= 0.95 within 3,000 steps. Measured in
-    # bfloat16: docs/performance.md §16.
+    # bfloat16: docs/performance.md §17.
     cfg = load_config(str(CONFIGS / "addition.py"), {"model.dtype": "bfloat16"})
     final = train_and_evaluate(cfg, tmp_path, progress=False)
     assert final["greedy_exact_match"] >= 0.95

@@ -47,7 +47,7 @@ that a cell overrides when the default does not fit:
   cell's fast ``scan_projected`` is never patched, and a new cell family is measured
   with no code outside its own file.
 
-Dtypes (Flax's names; the policy ``model.dtype`` sets, ``docs/performance.md`` §16):
+Dtypes (Flax's names; the policy ``model.dtype`` sets, ``docs/performance.md`` §17):
 ``param_dtype`` is the parameters' dtype (float32); ``dtype`` the compute dtype (None:
 the parameters' own, float32, which is the default and what every cell computed before
 there was a policy). With ``dtype=jnp.bfloat16`` the projections, the matmuls and the
