@@ -11,7 +11,8 @@ Smoke (CI, seconds): ``rnnjax sweep experiments/min_rnn_selective_copy.py --smok
 
 ``:families=modern`` adds sLSTM, mLSTM, RG-LRU, Mamba-2 and Gated DeltaNet (the same stacked
 layers, each cell with its default options): 10 cells x 3 depths x 3 seeds = 90 runs, not
-run yet on this CPU.
+run yet on this CPU. ``:families=new`` has only those five; ``:quick`` keeps 1-2 layers and
+seed 0 (``:families=new,quick``: 10 runs).
 
 Scale: the paper uses sequences of 4,096 steps with 16 data tokens and 400k steps; here
 64 noise steps, 8 tokens from an alphabet of 8, hidden 64 and 3,000 steps (see
@@ -37,14 +38,15 @@ MODERN = ["slstm", "mlstm", "rglru", "mamba2", "gated_deltanet"]
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, families="min", smoke=False)
-    if arg.families not in ("min", "modern"):
-        raise ValueError(f"min_rnn_selective_copy: families must be 'min' (the paper's cells) "
-                         f"or 'modern' (those plus {MODERN}), got {arg.families!r}")
-    cells = CELLS + (MODERN if arg.families == "modern" else [])
+    arg = parse_arg(arg, families="min", quick=False, smoke=False)
+    families = {"min": CELLS, "modern": CELLS + MODERN, "new": MODERN}
+    if arg.families not in families:
+        raise ValueError(f"min_rnn_selective_copy: families must be 'min' (the paper's cells), "
+                         f"'modern' (those plus {MODERN}) or 'new' (only {MODERN}), got "
+                         f"{arg.families!r}")
     sweep = {
         "base": "configs/selective_copy.py",
-        "grid": {":cell": cells, ":layers": [1, 2, 3]},
+        "grid": {":cell": families[arg.families], ":layers": [1, 2, 3]},
         "seeds": [0, 1, 2],
         "metrics": {"eval.token_accuracy": "max", "eval.sequence_accuracy": "max",
                     "eval.loss": "min"},
@@ -54,9 +56,13 @@ def get_sweep(arg=None):
         "description": "Selective copying, token accuracy on the recall positions "
                        "(chance 1/8).",
     }
+    if arg.quick:  # one seed, 1-2 layers: the CPU scale of the newer families' run
+        sweep["grid"][":layers"] = [1, 2]
+        sweep["seeds"] = [0]
     if arg.smoke:
         sweep["base"] = "configs/selective_copy.py:smoke"
-        sweep["grid"] = {":cell": ["min_gru", "gru"] + (["mamba2"] if arg.families == "modern"
-                                                         else []), ":layers": [1, 2]}
+        smoke_cells = {"min": ["min_gru", "gru"], "modern": ["min_gru", "gru", "mamba2"],
+                       "new": ["mamba2"]}
+        sweep["grid"] = {":cell": smoke_cells[arg.families], ":layers": [1, 2]}
         sweep["seeds"] = [0]
     return sweep

@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parent.parent
 STUDIES = sorted((REPO / "experiments").glob("*.py"))
 #: Extra variants each study documents (beside the default and smoke).
 VARIANTS = {"vanishing_gradients": ["quick"], "teacher_forcing": ["task=copy"],
-            "depth_direction": ["cell=gru,T=50"]}
+            "depth_direction": ["cell=gru,T=50"], "min_rnn_selective_copy": ["families=new"]}
 OPTUNA_REASON = "optuna not installed: pip install 'rnnjax[cluster]' to run an Optuna study"
 
 
