@@ -41,6 +41,7 @@ from rnnjax.models.lm import TokenModel
 from rnnjax.models.seq2seq import Seq2Seq
 from rnnjax.models.sequence import SequenceModel
 from rnnjax.nn import Recurrent, known_cells, make_cell
+from rnnjax.nn.cell import CELLS
 from rnnjax.tasks.base import build
 from rnnjax.train.trainer import train_and_evaluate
 
@@ -130,7 +131,10 @@ def _cosine(a, b) -> float:
 
 
 def test_modes_cover_every_registered_cell():
-    assert sorted(MODES) == known_cells(), (
+    # The families rnnjax ships: a test may register a cell of its own (test_nn_protocol's
+    # "test_leaky"), and xdist may run it first in this process.
+    shipped = [n for n in known_cells() if CELLS[n][0].__module__.startswith("rnnjax.")]
+    assert sorted(MODES) == shipped, (
         "add the new cell family (its options and time loops) to MODES")
 
 
