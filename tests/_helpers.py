@@ -125,11 +125,12 @@ def crash_at_step(monkeypatch, task_cls, step):
 
 def env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess: CPU, unbuffered, no inherited XLA flags but the
-    test run's backend optimisation level (tests/conftest.py), plus ``extra``."""
+    test run's compile-speed flags (tests/conftest.py's ``_TEST_XLA_FLAGS``), plus ``extra``."""
     e = dict(os.environ)
     e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     keep = [f for f in e.pop("XLA_FLAGS", "").split()
-            if f.startswith("--xla_backend_optimization_level=")]
+            if f.startswith(("--xla_backend_optimization_level=",
+                             "--xla_cpu_use_fusion_emitters="))]
     e.update(extra)
     flags = " ".join([*e.get("XLA_FLAGS", "").split(), *keep])
     if flags:
