@@ -66,15 +66,23 @@ def step_logits(model, tokens):
 def test_step_form_equals_sequence_form_and_beam_is_exhaustive(cell):
     model = token_model(cell)
     tokens = jax.random.randint(jax.random.key(1), (2, 6), 0, V)
-    _, seq = model(tokens)
+    # Jitted calls: one program per shape compiles faster than every op of the model
+    # eagerly (docs/performance.md §15).
+    forward = nnx.jit(lambda m, t: m(t)[1])
+    seq = forward(model, tokens)
     stepped = nnx.jit(step_logits)(model, tokens)
     np.testing.assert_allclose(stepped, seq, rtol=1e-4, atol=1e-4)
+
     # A prompt run through the sequence form (prefill) then continued by steps.
-    carry, last = model.prefill(tokens[:, :4])
-    carry, logits = model.step(carry, last)
-    np.testing.assert_allclose(logits, seq[:, 3], rtol=1e-4, atol=1e-4)
-    carry, logits = model.step(carry, tokens[:, 4])
-    np.testing.assert_allclose(logits, seq[:, 4], rtol=1e-4, atol=1e-4)
+    @nnx.jit
+    def prefill_then_step(m, prompt, nxt):
+        carry, last = m.prefill(prompt)
+        carry, logits1 = m.step(carry, last)
+        return logits1, m.step(carry, nxt)[1]
+
+    logits1, logits2 = prefill_then_step(model, tokens[:, :4], tokens[:, 4])
+    np.testing.assert_allclose(logits1, seq[:, 3], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(logits2, seq[:, 4], rtol=1e-4, atol=1e-4)
 
     # Beam search over the step form vs brute force over the sequence form.
     @nnx.jit
@@ -86,7 +94,7 @@ def test_step_form_equals_sequence_form_and_beam_is_exhaustive(cell):
     out = beam(model)
     full = np.array(list(itertools.product(range(V), repeat=L)))  # every length-L sequence
     inputs = np.concatenate([np.full((len(full), 1), BOS), full[:, :-1]], axis=1)
-    logp = np.asarray(jax.nn.log_softmax(model(jnp.asarray(inputs))[1]), np.float64)
+    logp = np.asarray(jax.nn.log_softmax(forward(model, jnp.asarray(inputs))), np.float64)
     hyps = {}
     for row, seq_ in enumerate(full):
         total = 0.0
@@ -114,14 +122,16 @@ def test_padding_never_influences_valid_steps(cell):
     x = jax.random.normal(jax.random.key(0), (B, T, 5))
     junk = jax.random.normal(jax.random.key(1), (B, T, 5)) * 100
     valid = lengths_to_mask(lengths, T)[..., None]
-    c1, y1 = stack(x, seq_lengths=lengths, return_carry=True)
-    c2, y2 = stack(jnp.where(valid, x, junk), seq_lengths=lengths, return_carry=True)
+    run = nnx.jit(lambda m, x, n: m(x, seq_lengths=n, return_carry=True))  # §15
+    run_unpadded = nnx.jit(lambda m, x: m(x, return_carry=True))
+    c1, y1 = run(stack, x, lengths)
+    c2, y2 = run(stack, jnp.where(valid, x, junk), lengths)
     np.testing.assert_allclose(y1, y2, rtol=1e-5, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5), c1, c2)
     assert float(jnp.abs(jnp.where(valid, 0, y1)).max()) == 0.0  # zero past each length
     for b in range(B):  # each row alone, unpadded: same outputs and final carry
         n = int(lengths[b])
-        cb, yb = stack(x[b:b + 1, :n], return_carry=True)
+        cb, yb = run_unpadded(stack, x[b:b + 1, :n])
         np.testing.assert_allclose(y1[b, :n], yb[0], rtol=1e-4, atol=1e-4)
         jax.tree.map(lambda a, r, b=b: np.testing.assert_allclose(a[b], r[0], rtol=1e-4,
                                                                     atol=1e-4), c1, cb)
