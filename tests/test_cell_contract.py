@@ -155,11 +155,13 @@ def test_ragged_row_equals_row_alone(fam, mode, reverse):
     x = jax.random.normal(jax.random.key(1), (T, B, E))
     c0 = _perturb_carry(cell.initialize_carry(B), jax.random.key(2))
     mask = jnp.asarray(np.arange(T)[:, None] < LENGTHS[None])
-    final, ys = cell.scan_projected(c0, cell.project_inputs(x), mask, reverse=reverse)
+    # Jitted: one program per shape compiles faster than each op eagerly (performance.md §15).
+    run = nnx.jit(lambda c, c0, x, m: c.scan_projected(c0, c.project_inputs(x), m,
+                                                        reverse=reverse))
+    final, ys = run(cell, c0, x, mask)
     for r, n in enumerate(LENGTHS):
         row_c0 = jax.tree.map(lambda v, r=r: v[r : r + 1], c0)
-        f1, y1 = cell.scan_projected(row_c0, cell.project_inputs(x[:n, r : r + 1]),
-                                     reverse=reverse)
+        f1, y1 = run(cell, row_c0, x[:n, r : r + 1], None)
         np.testing.assert_allclose(ys[:n, r], y1[:, 0], atol=fam.row_atol)
         assert np.all(np.asarray(ys[n:, r]) == 0)
         _close(jax.tree.map(lambda v, r=r: v[r], final), jax.tree.map(lambda v: v[0], f1),
@@ -171,13 +173,14 @@ def test_in_stacked_bidirectional_layers(fam):
     model = make_rnn(fam.name, E, fam.hidden, num_layers=2, bidirectional=True,
                      rngs=nnx.Rngs(0), **fam.kwargs)
     x = jax.random.normal(jax.random.key(1), (B, T, E))
-    y = model(x, seq_lengths=jnp.asarray(LENGTHS))
+    # Jitted: one program per shape compiles faster than each op eagerly (performance.md §15).
+    y = nnx.jit(lambda m, x, n: m(x, seq_lengths=n))(model, x, jnp.asarray(LENGTHS))
     assert y.shape == (B, T, 2 * fam.hidden) and np.all(np.isfinite(np.asarray(y)))
     # row 1 padded == row 1 alone, through both layers and directions
-    y1 = model(x[1:2, : LENGTHS[1]])
+    y1 = nnx.jit(lambda m, x: m(x))(model, x[1:2, : LENGTHS[1]])
     np.testing.assert_allclose(y[1, : LENGTHS[1]], y1[0], atol=1e-5)
     assert np.all(np.asarray(y[1, LENGTHS[1]:]) == 0)
-    g = nnx.grad(lambda m: jnp.sum(m(x, seq_lengths=jnp.asarray(LENGTHS)) ** 2))(model)
+    g = nnx.jit(nnx.grad(lambda m: jnp.sum(m(x, seq_lengths=jnp.asarray(LENGTHS)) ** 2)))(model)
     assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(g))
 
 
