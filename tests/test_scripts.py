@@ -106,3 +106,15 @@ def test_bench_gpu_quick(tmp_path):
     if r["env"]["backend"] == "cpu":
         assert "NVIDIA GPU" in rows["cells", "lstm", "rnnjax_cudnn"]["reason"]
         assert "torch's cuDNN" in rows["cells", "lstm", "torch_cudnn"]["reason"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="bench_breakdown compares against torch (pip install torch==2.13.0)")
+def test_bench_breakdown_quick(tmp_path):
+    r = run_script("bench_breakdown", "--quick", tmp_path=tmp_path)
+    assert [(c["shape"], c["cell"]) for c in r["cases"]] == [("Q", "lstm"), ("Q", "gru")]
+    for c in r["cases"]:
+        assert all(p["median_ms"] > 0 for p in c["parts"].values())
+        # the split adds up to the step it splits (its last part is the remainder)
+        assert sum(c["split_ms"].values()) == pytest.approx(c["parts"]["train_step"]["median_ms"])
+        assert c["ratio_train_step"] > 0
