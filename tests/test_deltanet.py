@@ -21,6 +21,11 @@ from rnnjax.nn.deltanet import gdn_chunked, gdn_sequential, l2_normalize, unit_l
 
 B, NH, DK, DV = 2, 2, 4, 3
 
+# Jitted forms, shared by the tests (one compiled program per shape, not every op compiled
+# eagerly: docs/performance.md §15).
+seq_j = jax.jit(gdn_sequential, static_argnames="reverse")
+chunk_j = jax.jit(gdn_chunked, static_argnames=("chunk_size", "reverse"))
+
 
 def inputs(t, key=0, dtype=jnp.float32):
     """Time-major (q, k, v, g, beta, S0): unit-norm q and k, α = exp(g) in ~(0.5, 1)."""
@@ -57,8 +62,8 @@ def test_matches_float64_reference(chunk):
     args = inputs(t)
     S_ref, o_ref = np_gated_delta_rule(*args)
     errs = {}
-    for name, f in {"sequential": gdn_sequential,
-                    "chunked": lambda *a: gdn_chunked(*a, chunk_size=chunk)}.items():
+    for name, f in {"sequential": seq_j,
+                    "chunked": lambda *a: chunk_j(*a, chunk_size=chunk)}.items():
         S, o = f(*args)
         errs[name] = max(np.max(np.abs(np.asarray(o) - o_ref)),
                          np.max(np.abs(np.asarray(S) - S_ref)))
@@ -70,7 +75,7 @@ def test_matches_float64_reference(chunk):
 def test_matches_float64_reference_float64(x64, chunk):
     args = inputs(10, dtype=jnp.float64)
     S_ref, o_ref = np_gated_delta_rule(*args)
-    S, o = gdn_chunked(*args, chunk_size=chunk)
+    S, o = chunk_j(*args, chunk_size=chunk)
     err = max(np.max(np.abs(np.asarray(o) - o_ref)), np.max(np.abs(np.asarray(S) - S_ref)))
     print(f"gated deltanet chunked vs float64 reference (float64, C={chunk}): {err:.2e}")
     assert err < 1e-10
@@ -84,8 +89,8 @@ def test_chunked_equals_sequential(t, chunk, reverse, ragged):
     mask = None
     if ragged:
         mask = jnp.asarray(np.arange(t)[:, None] < np.array([t, max(1, t // 2)])[None])
-    S_s, o_s = gdn_sequential(*args, mask, reverse=reverse)
-    S_c, o_c = gdn_chunked(*args, mask, chunk_size=chunk, reverse=reverse)
+    S_s, o_s = seq_j(*args, mask, reverse=reverse)
+    S_c, o_c = chunk_j(*args, mask, chunk_size=chunk, reverse=reverse)
     np.testing.assert_allclose(o_c, o_s, atol=1e-5, rtol=1e-5)
     np.testing.assert_allclose(S_c, S_s, atol=1e-5, rtol=1e-5)
 
@@ -95,13 +100,13 @@ def test_mask_and_reverse_semantics():
     q, k, v, g, beta, S0 = inputs(t)
     mask = jnp.asarray(np.arange(t)[:, None] < np.array([t, n_valid])[None])
     for reverse in (False, True):
-        S, o = gdn_chunked(q, k, v, g, beta, S0, mask, chunk_size=4, reverse=reverse)
+        S, o = chunk_j(q, k, v, g, beta, S0, mask, chunk_size=4, reverse=reverse)
         row = [a[:n_valid, 1:] for a in (q, k, v, g, beta)]
-        S1, o1 = gdn_sequential(*row, S0[1:], reverse=reverse)
+        S1, o1 = seq_j(*row, S0[1:], reverse=reverse)
         np.testing.assert_allclose(S[1], S1[0], atol=1e-5)
         np.testing.assert_allclose(o[:n_valid, 1], o1[:, 0], atol=1e-5)
         assert np.all(np.asarray(o[n_valid:, 1]) == 0)
-    S_r, o_r = gdn_chunked(q, k, v, g, beta, S0, chunk_size=4, reverse=True)
+    S_r, o_r = chunk_j(q, k, v, g, beta, S0, chunk_size=4, reverse=True)
     S_f, o_f = np_gated_delta_rule(*(jnp.flip(a, 0) for a in (q, k, v, g, beta)), S0)
     np.testing.assert_allclose(o_r, np.flip(o_f, 0), atol=1e-5)
     np.testing.assert_allclose(S_r, S_f, atol=1e-5)
@@ -113,7 +118,8 @@ def test_finite_differences(x64):
     for f in (lambda *a: gdn_chunked(*a, mask, chunk_size=2),
               lambda *a: gdn_chunked(*a, mask, chunk_size=3, reverse=True),
               lambda *a: gdn_sequential(*a, mask)):
-        check_grads(f, args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        # Jitted: check_grads evaluates f, its VJP and the finite differences as programs.
+        check_grads(jax.jit(f), args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_gradients_chunked_equal_sequential():
@@ -127,8 +133,8 @@ def test_gradients_chunked_equal_sequential():
         return inner
 
     argn = tuple(range(6))
-    g_s = jax.grad(loss(gdn_sequential), argnums=argn)(*args)
-    g_c = jax.grad(loss(lambda *a: gdn_chunked(*a, chunk_size=4)), argnums=argn)(*args)
+    g_s = jax.jit(jax.grad(loss(gdn_sequential), argnums=argn))(*args)
+    g_c = jax.jit(jax.grad(loss(lambda *a: gdn_chunked(*a, chunk_size=4)), argnums=argn))(*args)
     err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g_s, g_c))
     print(f"gated deltanet grads chunked vs sequential (float32): {err:.2e}")
     assert err < 1e-4
@@ -149,7 +155,8 @@ def test_cell_matches_float64_transcription():
     g = -exp(A_log) softplus(a + dt_bias)) against np_gated_delta_rule in float64."""
     cell = make_cell("gated_deltanet", CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
     x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
-    _, ys = cell.scan_projected(cell.initialize_carry(CB), cell.project_inputs(x))
+    _, ys = nnx.jit(lambda c, x: c.scan_projected(c.initialize_carry(CB), c.project_inputs(x)))(
+        cell, x)
     f64 = lambda v: np.asarray(v[...], np.float64)  # noqa: E731
     xp = np.asarray(x, np.float64) @ f64(cell.w_in) + f64(cell.b_in)
     Nh, Dk, Dv = cell.num_heads, cell.key_dim, cell.value_dim
@@ -177,8 +184,8 @@ def test_unit_lower_solve_matches_numpy_and_is_pure_xla(x64):
     A = jnp.tril(jax.random.normal(ks[0], (2, 3, 6, 6), jnp.float64), -1) * 0.5
     b = jax.random.normal(ks[1], (2, 3, 6, 4), jnp.float64)
     want = np.linalg.solve(np.eye(6) + np.asarray(A), np.asarray(b))
-    np.testing.assert_allclose(unit_lower_solve(A, b), want, rtol=1e-12, atol=1e-12)
-    check_grads(lambda a, y: unit_lower_solve(jnp.tril(a, -1), y), (A, b), order=1,
+    np.testing.assert_allclose(jax.jit(unit_lower_solve)(A, b), want, rtol=1e-12, atol=1e-12)
+    check_grads(jax.jit(lambda a, y: unit_lower_solve(jnp.tril(a, -1), y)), (A, b), order=1,
                 modes=("fwd", "rev"), atol=1e-6, rtol=1e-6)
 
     q, k, v, g, beta, S0 = inputs(10)

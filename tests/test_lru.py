@@ -84,7 +84,9 @@ def test_matches_paper_equations(mode, reverse, given_carry, activation):
     x = jnp.asarray(rng.normal(size=(B, T, E)), jnp.float32)
     carry0 = random_carry(rng) if given_carry else cell.initialize_carry((B,))
     layer = Recurrent(cell, reverse=reverse, return_carry=True)
-    carry, y = layer(x, seq_lengths=LENGTHS, initial_carry=carry0 if given_carry else None)
+    # Jitted: one program per shape, not every op compiled eagerly (docs/performance.md §15).
+    run = nnx.jit(lambda m, x, n, c: m(x, seq_lengths=n, initial_carry=c))
+    carry, y = run(layer, x, LENGTHS, carry0 if given_carry else None)
     want_carry, want_y = ref_lru(cell, x, carry0, LENGTHS, reverse)
     np.testing.assert_allclose(np.asarray(y), want_y, atol=2e-5, rtol=2e-5)
     assert_carry_close(carry, want_carry, 2e-5)
@@ -96,17 +98,19 @@ def test_step_form_equals_scan_and_a_row_without_valid_steps_keeps_its_carry():
     rng = np.random.default_rng(4)
     x = jnp.asarray(rng.normal(size=(B, T, E)), jnp.float32)
     carry0 = random_carry(rng)
-    carry, y = Recurrent(cell, return_carry=True)(x, initial_carry=carry0)
+    run = nnx.jit(lambda m, x, c, mask=None: m(x, mask=mask, initial_carry=c))  # §15
+    step = nnx.jit(lambda cell, c, x_t: cell(c, x_t))
+    carry, y = run(Recurrent(cell, return_carry=True), x, carry0)
     c, ys = carry0, []
     for t in range(T):
-        c, y_t = cell(c, x[:, t])
+        c, y_t = step(cell, c, x[:, t])
         ys.append(y_t)
     np.testing.assert_allclose(np.stack(ys, 1), np.asarray(y), atol=1e-5, rtol=1e-5)
     assert_carry_close(carry, c, 1e-5)
 
     mask = np.ones((B, T), bool)
     mask[1] = False
-    carry, y = Recurrent(cell, return_carry=True)(x, mask=jnp.asarray(mask), initial_carry=carry0)
+    carry, y = run(Recurrent(cell, return_carry=True), x, carry0, jnp.asarray(mask))
     assert_carry_close(jax.tree.map(lambda a: a[1], carry), jax.tree.map(lambda a: a[1], carry0),
                        0.0)
     assert np.all(np.asarray(y)[1] == 0.0)
@@ -126,7 +130,7 @@ def test_parameter_and_input_gradients_agree_across_modes():
                 x, seq_lengths=LENGTHS, initial_carry=carry0)
             return jnp.sum(jnp.sin(y)) + sum(jnp.sum(jnp.cos(c)) for c in carry)
 
-        grads[mode] = jax.grad(loss, argnums=(0, 1, 2))(params, x, carry0)
+        grads[mode] = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(params, x, carry0)
     a, s = grads["associative"], grads["sequential"]
     # Every row has a valid step, so the initial h (read only by rows without one) gets none.
     assert np.all(np.asarray(s[2].h) == 0) and np.all(np.asarray(a[2].h) == 0)
@@ -228,7 +232,7 @@ def test_stacked_bidirectional_ragged_against_reference():
     rnn = make_rnn("lru", E, H, num_layers=2, bidirectional=True, rngs=nnx.Rngs(9))
     rng = np.random.default_rng(10)
     x = jnp.asarray(rng.normal(size=(B, T, E)), jnp.float32)
-    carries, y = rnn(x, seq_lengths=LENGTHS, return_carry=True)
+    carries, y = nnx.jit(lambda m, x, n: m(x, seq_lengths=n, return_carry=True))(rnn, x, LENGTHS)
     inp = np.asarray(x)
     for layer, carry in zip(rnn.layers, carries):
         outs = []

@@ -24,6 +24,13 @@ from rnnjax.nn.mlstm import (
 
 B, N, DK, DV = 2, 2, 4, 3
 
+# Jitted forms, shared by the tests (one compiled program per shape, not every op compiled
+# eagerly: docs/performance.md §15).
+step_j = jax.jit(mlstm_step)
+recurrent_j = jax.jit(mlstm_recurrent)
+parallel_j = jax.jit(mlstm_parallel)
+chunkwise_j = jax.jit(mlstm_chunkwise, static_argnames="chunk_size")
+
 
 def _inputs(rng, T, dtype=np.float32, b=B):
     q, k = (rng.standard_normal((b, T, N, DK)).astype(dtype) for _ in range(2))
@@ -86,8 +93,9 @@ def test_matches_mlstm_kernels_outputs_and_gradients(torch, name):
     g_ref = [np.swapaxes(t.grad.numpy(), 1, 2) for t in tx]
 
     fn = CASES[name]
-    h = fn(*map(jnp.asarray, xs))
-    g = jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=(0, 1, 2, 3, 4))(*map(jnp.asarray, xs))
+    h = jax.jit(fn)(*map(jnp.asarray, xs))
+    g = jax.jit(jax.grad(lambda *a: jnp.sum(fn(*a) * w), argnums=(0, 1, 2, 3, 4)))(
+        *map(jnp.asarray, xs))
 
     err = np.abs(np.asarray(h) - h_ref).max()
     assert err < 1e-5, f"{name}: max |h - h_ref| = {err}"
@@ -106,13 +114,13 @@ def test_step_chunkwise_parallel_agree_from_a_nonzero_state(T):
 
     state, hs = s0, []
     for t in range(T):
-        state, h_t = mlstm_step(state, *(a[:, t] for a in xs))
+        state, h_t = step_j(state, *(a[:, t] for a in xs))
         hs.append(h_t)
     h_step = jnp.stack(hs, axis=1)
 
-    forms = {"recurrent": mlstm_recurrent(*xs, state=s0), "parallel": mlstm_parallel(*xs, state=s0)}
+    forms = {"recurrent": recurrent_j(*xs, state=s0), "parallel": parallel_j(*xs, state=s0)}
     for c in (1, 2, 3, 5, 64):
-        forms[f"chunk{c}"] = mlstm_chunkwise(*xs, state=s0, chunk_size=c)
+        forms[f"chunk{c}"] = chunkwise_j(*xs, state=s0, chunk_size=c)
     for name, (h, s) in forms.items():
         np.testing.assert_allclose(h, h_step, atol=1e-5, rtol=1e-5, err_msg=name)
         # Compare the true (unstabilised) state exp(m) C: m itself may legitimately differ
@@ -127,7 +135,7 @@ def test_masked_steps_leave_state_unchanged_and_output_zero():
     xs = tuple(map(jnp.asarray, _inputs(rng, T)))
     s0 = _random_state(rng)
     mask = jnp.zeros((B, T), bool)
-    for fn in (mlstm_recurrent, lambda *a, **k: mlstm_chunkwise(*a, chunk_size=4, **k)):
+    for fn in (recurrent_j, lambda *a, **k: chunkwise_j(*a, chunk_size=4, **k)):
         h, s = fn(*xs, state=s0, mask=mask)
         assert np.all(np.asarray(h) == 0)
         for a, b in zip(s, s0):
@@ -145,13 +153,12 @@ def test_ragged_rows_equal_rows_run_alone(T, chunk, data):
     s0 = _random_state(rng)
     mask = jnp.arange(T)[None, :] < jnp.asarray(lengths)[:, None]
     # Why jit: one compiled program per shape, not an op-by-op compile of every op.
-    h, s = jax.jit(mlstm_chunkwise, static_argnames="chunk_size")(*xs, state=s0, mask=mask,
-                                                                  chunk_size=chunk)
+    h, s = chunkwise_j(*xs, state=s0, mask=mask, chunk_size=chunk)
     for b, n in enumerate(lengths):
         row = tuple(a[b:b + 1, :n] for a in xs)
         s0_b = MLSTMMemory(*(a[b:b + 1] for a in s0))
         if n:
-            h_b, s_b = jax.jit(mlstm_recurrent)(*row, state=s0_b)
+            h_b, s_b = recurrent_j(*row, state=s0_b)
             np.testing.assert_allclose(h[b, :n], h_b[0], atol=1e-5, rtol=1e-5)
         else:
             s_b = s0_b
@@ -180,7 +187,9 @@ def test_gradients_match_float64_finite_differences(x64, form):
         # Read the final state through its true (unstabilised) value.
         return jnp.sum(h * w) + jnp.sum(jnp.exp(s.m)[..., None, None] * s.c)
 
-    check_grads(loss, xs + tuple(s0), order=1, modes=["rev"], eps=1e-6, atol=1e-6, rtol=1e-6)
+    # Jitted: check_grads evaluates the loss, its VJP and the finite differences as programs.
+    check_grads(jax.jit(loss), xs + tuple(s0), order=1, modes=["rev"], eps=1e-6, atol=1e-6,
+                rtol=1e-6)
 
 
 # The cell (MLSTMCell) on the protocol, every impl: tests/test_cell_contract.py.

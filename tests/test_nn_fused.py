@@ -85,7 +85,8 @@ def test_fused_matches_plain_scan_values_and_gradients(kind, mask, reverse):
     xp = cell.project_inputs(x)
     w_hh = cell.w_hh[...]
     c_f, y_f = jax.jit(lambda *a: run(kind, cell, "fused", *a, mask, reverse))(w_hh, xp, carry)
-    c_p, y_p = run(kind, cell, "plain", w_hh, xp, carry, mask, reverse)
+    # Jitted too: one program, not every op compiled eagerly (docs/performance.md §15).
+    c_p, y_p = jax.jit(lambda *a: run(kind, cell, "plain", *a, mask, reverse))(w_hh, xp, carry)
     np.testing.assert_allclose(np.asarray(y_f), np.asarray(y_p), atol=1e-6, rtol=0)
     for a, b in zip(jax.tree.leaves(c_f), jax.tree.leaves(c_p)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0)
@@ -96,7 +97,7 @@ def test_fused_matches_plain_scan_values_and_gradients(kind, mask, reverse):
 
     args = (w_hh, xp, carry)
     g_f = jax.jit(jax.grad(loss_fn(kind, cell, "fused", mask, reverse, w_y), (0, 1, 2)))(*args)
-    g_p = jax.grad(loss_fn(kind, cell, "plain", mask, reverse, w_y), (0, 1, 2))(*args)
+    g_p = jax.jit(jax.grad(loss_fn(kind, cell, "plain", mask, reverse, w_y), (0, 1, 2)))(*args)
     for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
         assert np.max(np.abs(np.asarray(b))) > 1e-3  # a gradient that is really there
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
@@ -110,7 +111,7 @@ def test_fused_gradients_match_float64_finite_differences(x64, kind):
     x, carry, w_y = random_inputs(kind, cell, seed=4, dtype=jnp.float64)
     primal = (cell.w_hh[...], cell.project_inputs(x), carry)
     loss = jax.jit(loss_fn(kind, cell, "fused", MASK, True, w_y))
-    grads = jax.grad(loss, (0, 1, 2))(*primal)
+    grads = jax.jit(jax.grad(loss, (0, 1, 2)))(*primal)
     leaves, treedef = jax.tree.flatten(primal)
     for k, key in enumerate(jax.random.split(jax.random.key(5), len(leaves))):
         # One leaf at a time, so a small wrong gradient cannot hide behind a large one.
@@ -149,7 +150,7 @@ def test_layers_dispatch_to_fused_and_agree_with_plain_path(kind):
         c, y = nnx.merge(graphdef, params)(x, seq_lengths=lengths)
         return jnp.sum(y ** 2) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(c))
 
-    l_f, g_f = jax.value_and_grad(loss)(params)
+    l_f, g_f = jax.jit(jax.value_and_grad(loss))(params)  # one program (§15)
     scan_layer = Recurrent(make(kind, seed=6, impl="scan"), reverse=True, return_carry=True)
     assert not _uses_fused(scan_layer, x)
     scan_def, scan_params = nnx.split(scan_layer)
@@ -157,7 +158,7 @@ def test_layers_dispatch_to_fused_and_agree_with_plain_path(kind):
     for a, b in zip(jax.tree.leaves(scan_params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # the same weights
     graphdef = scan_def
-    l_p, g_p = jax.value_and_grad(loss)(scan_params)
+    l_p, g_p = jax.jit(jax.value_and_grad(loss))(scan_params)
     np.testing.assert_allclose(float(l_f), float(l_p), rtol=1e-6)
     for a, b in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0)
@@ -185,8 +186,8 @@ def test_impl_scan_allows_forward_mode_autodiff():
 
     with pytest.raises(TypeError):  # a custom VJP has no JVP rule
         jax.jacfwd(f(cell))(w_hh)
-    fwd = jax.jacfwd(f(scan_cell))(w_hh)
-    rev = jax.jacrev(f(cell))(w_hh)  # through the fused backward
+    fwd = jax.jit(jax.jacfwd(f(scan_cell)))(w_hh)  # jitted: one program each (§15)
+    rev = jax.jit(jax.jacrev(f(cell)))(w_hh)  # through the fused backward
     np.testing.assert_allclose(np.asarray(fwd), np.asarray(rev), atol=1e-5, rtol=0)
 
 
@@ -211,7 +212,7 @@ def test_project_matches_matmul_plus_bias_in_values_and_gradients():
         return lambda x, w, b: jnp.sum(jnp.sin(f(x, w, b)) * r)
 
     g_f = jax.jit(jax.grad(loss(fused.project), (0, 1, 2)))(x, w, b)
-    g_p = jax.grad(loss(lambda x, w, b: x @ w + b), (0, 1, 2))(x, w, b)
+    g_p = jax.jit(jax.grad(loss(lambda x, w, b: x @ w + b), (0, 1, 2)))(x, w, b)
     for a, c in zip(g_f, g_p):
         np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-4, rtol=1e-5)
 
@@ -225,8 +226,8 @@ def test_lanes_give_the_same_numbers():
         args = (cell.w_hh[...], cell.project_inputs(x), carry)
         loss = loss_fn(kind, cell, "fused", MASK, False, w_y, lanes=cell.lanes)
         l_f, g_f = jax.jit(jax.value_and_grad(loss, (0, 1, 2)))(*args)
-        l_p, g_p = jax.value_and_grad(loss_fn(kind, cell, "plain", MASK, False, w_y),
-                                      (0, 1, 2))(*args)
+        l_p, g_p = jax.jit(jax.value_and_grad(loss_fn(kind, cell, "plain", MASK, False, w_y),
+                                              (0, 1, 2)))(*args)
         np.testing.assert_allclose(float(l_f), float(l_p), rtol=1e-6)
         for a, c in zip(jax.tree.leaves(g_f), jax.tree.leaves(g_p)):
             np.testing.assert_allclose(np.asarray(a), np.asarray(c), atol=1e-5, rtol=0)
@@ -293,17 +294,19 @@ def test_make_rnn_impl_scan_takes_the_scan_path_and_matches_fused(kind):
                         impl="scan")
     assert {layer.forward.cell.impl for layer in scan_rnn.layers} == {"scan"}
     assert {layer.forward.cell.impl for layer in fused_rnn.layers} == {"auto"}
-    np.testing.assert_allclose(np.asarray(scan_rnn(x, seq_lengths=lengths)),
-                               np.asarray(fused_rnn(x, seq_lengths=lengths)), atol=1e-6, rtol=0)
+    run = nnx.jit(lambda m, x, n: m(x, seq_lengths=n))  # one program per stack (§15)
+    np.testing.assert_allclose(np.asarray(run(scan_rnn, x, lengths)),
+                               np.asarray(run(fused_rnn, x, lengths)), atol=1e-6, rtol=0)
     v = jnp.asarray(np.random.default_rng(18).normal(size=x.shape), jnp.float32)
     # Forward mode goes through the scan path (and not through the fused one) ...
-    y, dy = jax.jvp(lambda x: scan_rnn(x, seq_lengths=lengths), (x,), (v,))
+    y, dy = jax.jit(lambda x, v: jax.jvp(lambda x: scan_rnn(x, seq_lengths=lengths), (x,),
+                                         (v,)))(x, v)
     with pytest.raises(TypeError):
         jax.jvp(lambda x: fused_rnn(x, seq_lengths=lengths), (x,), (v,))
     # ... and agrees with the fused path's reverse mode: <dy, u> = <v, J^T u>.
     u = jnp.asarray(np.random.default_rng(19).normal(size=y.shape), jnp.float32)
-    _, vjp = jax.vjp(lambda x: fused_rnn(x, seq_lengths=lengths), x)
-    np.testing.assert_allclose(float(jnp.sum(dy * u)), float(jnp.sum(vjp(u)[0] * v)),
+    vjp_u = jax.jit(lambda x, u: jax.vjp(lambda x: fused_rnn(x, seq_lengths=lengths), x)[1](u))
+    np.testing.assert_allclose(float(jnp.sum(dy * u)), float(jnp.sum(vjp_u(x, u)[0] * v)),
                                rtol=1e-5)
 
 

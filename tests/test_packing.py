@@ -144,18 +144,25 @@ def test_token_model_packed_equals_segments_run_apart(cell, impl):
     model.eval()
     # Why nnx.jit: one compiled program per shape, not an op-by-op compile of every op.
     run = nnx.jit(lambda m, x, seg=None: m(x, segment_ids=seg))
+
+    @nnx.jit
+    def run_alone(m, x, y):  # a segment alone and its loss: one program per length
+        _, alone = m(x, segment_ids=None)
+        return alone, token_cross_entropy(alone, y, jnp.ones(y.shape))[0]
+
     _, logits = run(model, jnp.asarray(batch["inputs"]), jnp.asarray(batch["segment_ids"]))
     mask = batch["segment_ids"] > 0
-    nats, n = token_cross_entropy(logits, jnp.asarray(batch["targets"]), jnp.asarray(mask))
+    nats, n = jax.jit(token_cross_entropy)(logits, jnp.asarray(batch["targets"]),
+                                           jnp.asarray(mask))
+    logits = np.asarray(logits)  # sliced below per segment: numpy, no compile per slice
     total = 0.0
     for r, members in enumerate([it.bins[i] for i in range(len(it.bins))]):
         for s, i in enumerate(members):
             t0, t1 = batch["segment_starts"][r, s], batch["segment_ends"][r, s] + 1
-            _, alone = run(model, jnp.asarray(seqs[i])[None])
-            np.testing.assert_allclose(np.asarray(logits[r, t0:t1]), np.asarray(alone[0]),
+            alone, a_nats = run_alone(model, jnp.asarray(seqs[i][None]),
+                                      jnp.asarray(seqs[i][::-1][None]))
+            np.testing.assert_allclose(logits[r, t0:t1], np.asarray(alone)[0],
                                        rtol=1e-5, atol=1e-5)
-            a_nats, _ = token_cross_entropy(alone, jnp.asarray(seqs[i][::-1])[None],
-                                            jnp.ones((1, len(seqs[i]))))
             total += float(a_nats)
     np.testing.assert_allclose(float(nats), total, rtol=1e-5)
     assert float(n) == sum(len(s) for s in seqs)
@@ -178,12 +185,12 @@ def test_sequence_model_packed_pools_each_segment_alone(pooling, bidirectional):
                           vocab_size=9, rngs=nnx.Rngs(0))
     model.eval()
     run = nnx.jit(lambda m, *a, **k: m(*a, **k))  # one compile per shape, not op by op
-    packed = run(model, b["inputs"], b["lengths"], segment_ids=b["segment_ids"],
-                 segment_starts=b["segment_starts"], segment_ends=b["segment_ends"])
+    packed = np.asarray(run(model, b["inputs"], b["lengths"], segment_ids=b["segment_ids"],
+                            segment_starts=b["segment_starts"], segment_ends=b["segment_ends"]))
     for r, members in enumerate(it.bins):
         for s, i in enumerate(members):
-            alone = run(model, jnp.asarray(seqs[i])[None], jnp.asarray([len(seqs[i])]))
-            np.testing.assert_allclose(np.asarray(packed[r, s]), np.asarray(alone[0]),
+            alone = run(model, jnp.asarray(seqs[i][None]), jnp.asarray([len(seqs[i])]))
+            np.testing.assert_allclose(packed[r, s], np.asarray(alone)[0],
                                        rtol=1e-5, atol=1e-5)
 
 
@@ -201,9 +208,12 @@ def test_classification_task_packed_loss_equals_padded_loss(tmp_path):
                      "model.dropout=0.0")
         task, model = build(cfg)
         model.eval()
+        # Jitted (one program per batch shape, not every op compiled eagerly, §15).
+        eval_sums = nnx.jit(task.eval_sums)
+        loss = nnx.jit(lambda m, b, task=task: task.loss(m, b, {}, False)[0])
         evals[pack] = task.summarize(jax.device_get(jax.tree.map(
-            lambda *xs: sum(xs), *[task.eval_sums(model, {k: jnp.asarray(v)
-                                                          for k, v in b.items()})
+            lambda *xs: sum(xs), *[eval_sums(model, {k: jnp.asarray(v)
+                                                     for k, v in b.items()})
                                    for b in task.eval_batches(8)])))
         seqs, labels = task.val_data
         if pack:
@@ -216,7 +226,7 @@ def test_classification_task_packed_loss_equals_padded_loss(tmp_path):
                                             seqs, {"targets": labels}, **task._pad_options()))
         batch = {k: jnp.asarray(v) for k, v in next(iter(it)).items()}
         batch.pop("example_weights", None)
-        losses[pack] = float(task.loss(model, batch, {}, False)[0])
+        losses[pack] = float(loss(model, batch))
     assert abs(losses[True] - losses[False]) < 1e-5
     assert evals[True]["confusion"] == evals[False]["confusion"]
     assert abs(evals[True]["loss"] - evals[False]["loss"]) < 1e-5

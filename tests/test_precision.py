@@ -242,14 +242,16 @@ def test_bfloat16_models_keep_float32_logits_and_carries():
     """Embeddings and heads compute in bfloat16; what the loss reads is float32."""
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 11, (3, 5)))
     model = SequenceModel(**_model_kwargs(), dtype="bfloat16", rngs=nnx.Rngs(0))
-    assert model.embed(tokens).dtype == jnp.bfloat16
-    assert model(tokens, jnp.asarray([5, 3, 1])).dtype == jnp.float32
+    # Jitted calls: one program per model, not every op compiled eagerly (§15).
+    assert nnx.jit(lambda m, t: m.embed(t))(model, tokens).dtype == jnp.bfloat16
+    assert nnx.jit(lambda m, t, n: m(t, n))(model, tokens, jnp.asarray([5, 3, 1])).dtype == \
+        jnp.float32
     lm = TokenModel(vocab_size=11, embed_dim=6, cell="gru", hidden=6, num_layers=1,
                     bidirectional=False, dropout=0.0, unroll=1, cell_kwargs={},
                     tie_embeddings=True, arch="rnn", conv_kernel=0, output_gate=False,
                     mlp_expansion=0.0, num_heads=1, max_len=8, embed_dropout=0.0,
                     dtype="bfloat16", rngs=nnx.Rngs(0))
-    carries, logits = lm(tokens)
+    carries, logits = nnx.jit(lambda m, t: m(t))(lm, tokens)
     assert logits.dtype == jnp.float32
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(carries))
     s2s = Seq2Seq(src_vocab_size=11, tgt_vocab_size=11, cell="lstm", hidden=6, num_layers=1,
@@ -257,9 +259,14 @@ def test_bfloat16_models_keep_float32_logits_and_carries():
                   share_embeddings=True, bridge="project", attention="luong_general",
                   attention_features=0, input_feeding=True, dropout=0.0, unroll=1,
                   cell_kwargs={}, dtype="bfloat16", rngs=nnx.Rngs(0))
-    carry, context = s2s.encode(tokens, jnp.asarray([5, 3, 1]))
+
+    @nnx.jit
+    def encode_then_teacher_forced(m, t, n):
+        carry, context = m.encode(t, n)
+        return carry, m.teacher_forced(carry, context, t)[0]  # the step scan (input feeding)
+
+    carry, logits = encode_then_teacher_forced(s2s, tokens, jnp.asarray([5, 3, 1]))
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(carry))
-    logits, _ = s2s.teacher_forced(carry, context, tokens)  # the step scan (input feeding)
     assert logits.dtype == jnp.float32 and np.all(np.isfinite(np.asarray(logits)))
 
 

@@ -24,6 +24,11 @@ from rnnjax.nn.rglru import (
 
 B, T, H, N = 2, 9, 8, 2  # N heads of H/N = 4 channels
 
+# Jitted, shared by the tests: one compiled program per shape, not every op compiled
+# eagerly (docs/performance.md §15).
+scan_j = jax.jit(rglru_scan, static_argnames=("reverse", "mode"))
+step_j = jax.jit(rglru_step)
+
 
 def random_params(key, h=H, n=N, dtype=jnp.float32) -> RGLRUParams:
     ks = jax.random.split(key, 5)
@@ -81,8 +86,9 @@ def test_matches_recurrentgemma(rg, segments, mode):
         y = jnp.swapaxes(hs, 0, 1)
         return jnp.sum(y * w_y) + jnp.sum(last * w_h), (y, last)
 
-    (_, (y_ref, last_ref)), g_ref = jax.value_and_grad(ref_loss, (0, 1, 2), has_aux=True)(p, x, h0)
-    (_, (y, last)), g = jax.value_and_grad(our_loss, (0, 1, 2), has_aux=True)(p, x, h0)
+    (_, (y_ref, last_ref)), g_ref = jax.jit(
+        jax.value_and_grad(ref_loss, (0, 1, 2), has_aux=True))(p, x, h0)
+    (_, (y, last)), g = jax.jit(jax.value_and_grad(our_loss, (0, 1, 2), has_aux=True))(p, x, h0)
     err_y = float(jnp.max(jnp.abs(y - y_ref)))
     err_h = float(jnp.max(jnp.abs(last - last_ref)))
     err_g = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(g),
@@ -121,7 +127,7 @@ def test_matches_paper_equations_float64():
     x = jax.random.normal(jax.random.key(1), (T, B, H))
     h0 = jax.random.normal(jax.random.key(2), (B, H))
     reset = jnp.asarray(SEGMENTS["packed"].T == 0)
-    _, hs = rglru_scan(x, h0, p, reset=reset)
+    _, hs = scan_j(x, h0, p, reset=reset)
     err = np.max(np.abs(np.asarray(hs) - np_rglru(x, h0, p, reset)))
     print(f"rglru vs float64 paper transcription: {err:.2e}")
     assert err < 1e-5
@@ -135,11 +141,11 @@ def test_step_equals_scan_modes(t, reverse):
     h0 = jax.random.normal(jax.random.key(2), (B, H))
     h, hs_loop = h0, []
     for s in (reversed(range(t)) if reverse else range(t)):
-        h = rglru_step(h, x[s], p)
+        h = step_j(h, x[s], p)
         hs_loop.append(h)
     hs_loop = jnp.stack(hs_loop[::-1] if reverse else hs_loop)
     for mode in ("sequential", "associative"):
-        last, hs = rglru_scan(x, h0, p, reverse=reverse, mode=mode)
+        last, hs = scan_j(x, h0, p, reverse=reverse, mode=mode)
         np.testing.assert_allclose(hs, hs_loop, atol=1e-5)
         np.testing.assert_allclose(last, h, atol=1e-5)
 
@@ -150,8 +156,8 @@ def test_mask_keeps_state_and_zeroes_output():
     h0 = jax.random.normal(jax.random.key(2), (B, H))
     lengths = np.array([T, 4])
     mask = jnp.asarray(np.arange(T)[:, None] < lengths[None])
-    last, hs = rglru_scan(x, h0, p, mask)
-    last1, hs1 = rglru_scan(x[:4, 1:], h0[1:], p)
+    last, hs = scan_j(x, h0, p, mask)
+    last1, hs1 = scan_j(x[:4, 1:], h0[1:], p)
     np.testing.assert_allclose(last[1], last1[0], atol=1e-6)
     np.testing.assert_allclose(hs[:4, 1], hs1[:, 0], atol=1e-6)
     assert np.all(np.asarray(hs[4:, 1]) == 0)
@@ -182,7 +188,8 @@ def test_finite_differences(x64):
         def f(p, x, h0, mode=mode):
             return rglru_scan(x, h0, p, mask, reset=reset, mode=mode)
 
-        check_grads(f, (p, x, h0), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        # Jitted: check_grads evaluates f, its VJP and the finite differences as programs.
+        check_grads(jax.jit(f), (p, x, h0), order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 # ---- the cell (rnnjax.nn.cell protocol) ---------------------------------------------------
@@ -199,7 +206,8 @@ def test_cell_matches_float64_transcription():
     """The cell's wiring (dense input map, then the RG-LRU) against np_rglru in float64."""
     cell = make_cell("rglru", CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
     x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
-    _, ys = cell.scan_projected(cell.initialize_carry(CB), cell.project_inputs(x))
+    _, ys = nnx.jit(lambda c, x: c.scan_projected(c.initialize_carry(CB), c.project_inputs(x)))(
+        cell, x)
     xin = np.asarray(x, np.float64) @ np.asarray(cell.w_in[...], np.float64) + np.asarray(
         cell.b_in[...], np.float64)
     ref = np_rglru(xin, np.zeros((CB, CH)), cell.params(jnp.float32), np.zeros((CT, CB), bool))

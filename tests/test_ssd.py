@@ -21,6 +21,12 @@ from rnnjax.nn.ssd import segsum, ssd_chunked, ssd_quadratic, ssd_sequential
 
 B, NH, P, N = 2, 2, 3, 4
 
+# Jitted forms, shared by the tests (one compiled program per shape, not every op compiled
+# eagerly: docs/performance.md §15).
+seq_j = jax.jit(ssd_sequential, static_argnames="reverse")
+quad_j = jax.jit(ssd_quadratic, static_argnames="reverse")
+chunk_j = jax.jit(ssd_chunked, static_argnames=("chunk_size", "reverse"))
+
 
 def inputs(t, key=0, dtype=jnp.float32):
     """Time-major (x, dt, A, Bm, Cm, h0) with moderate decays exp(Δ A) in ~(0.4, 1)."""
@@ -112,8 +118,8 @@ def test_forms_match_minimal_reference_float32(chunk):
     # the two references agree
     assert max(np.max(np.abs(y_rec - y_ref)), np.max(np.abs(h_rec - h_ref))) < 1e-10
     errs = {}
-    for name, f in {"sequential": ssd_sequential, "quadratic": ssd_quadratic,
-                    "chunked": lambda *a: ssd_chunked(*a, chunk_size=chunk)}.items():
+    for name, f in {"sequential": seq_j, "quadratic": quad_j,
+                    "chunked": lambda *a: chunk_j(*a, chunk_size=chunk)}.items():
         h, y = f(*args)
         errs[name] = max(np.max(np.abs(np.asarray(y) - y_ref)),
                          np.max(np.abs(np.asarray(h) - h_ref)))
@@ -130,8 +136,8 @@ def test_forms_match_minimal_reference_float64(x64, chunk):
     _, y_ref6 = np_reference(*(v[:6] if v.ndim > 1 and v.shape[0] == t else v
                                for v in args[:5]), args[5], block_len=3)
     errs = {}
-    for name, f in {"sequential": ssd_sequential, "quadratic": ssd_quadratic,
-                    "chunked": lambda *a: ssd_chunked(*a, chunk_size=chunk)}.items():
+    for name, f in {"sequential": seq_j, "quadratic": quad_j,
+                    "chunked": lambda *a: chunk_j(*a, chunk_size=chunk)}.items():
         h, y = f(*args)
         errs[name] = max(np.max(np.abs(np.asarray(y) - y_ref)),
                          np.max(np.abs(np.asarray(h) - h_ref)))
@@ -150,10 +156,9 @@ def test_chunked_equals_sequential(t, chunk, reverse, ragged):
     if ragged:
         mask = jnp.asarray(np.arange(t)[:, None] < np.array([t, max(1, t // 2)])[None])
     # Why jit: one compiled program per shape, not an op-by-op compile of every op.
-    h_s, y_s = jax.jit(ssd_sequential, static_argnames="reverse")(*args, mask, reverse=reverse)
-    h_c, y_c = jax.jit(ssd_chunked, static_argnames=("chunk_size", "reverse"))(
-        *args, mask, chunk_size=chunk, reverse=reverse)
-    h_q, y_q = jax.jit(ssd_quadratic, static_argnames="reverse")(*args, mask, reverse=reverse)
+    h_s, y_s = seq_j(*args, mask, reverse=reverse)
+    h_c, y_c = chunk_j(*args, mask, chunk_size=chunk, reverse=reverse)
+    h_q, y_q = quad_j(*args, mask, reverse=reverse)
     for a, b in ((y_c, y_s), (h_c, h_s), (y_q, y_s), (h_q, h_s)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
@@ -164,16 +169,16 @@ def test_mask_and_reverse_semantics():
     x, dt, A, Bm, Cm, h0 = inputs(t)
     mask = jnp.asarray(np.arange(t)[:, None] < np.array([t, n_valid])[None])
     for reverse in (False, True):
-        h, y = ssd_chunked(x, dt, A, Bm, Cm, h0, mask, chunk_size=4, reverse=reverse)
+        h, y = chunk_j(x, dt, A, Bm, Cm, h0, mask, chunk_size=4, reverse=reverse)
         row = [v[:n_valid, 1:] for v in (x, dt, Bm, Cm)]
-        h1, y1 = ssd_sequential(row[0], row[1], A, row[2], row[3], h0[1:], reverse=reverse)
+        h1, y1 = seq_j(row[0], row[1], A, row[2], row[3], h0[1:], reverse=reverse)
         np.testing.assert_allclose(h[1], h1[0], atol=1e-5)
         np.testing.assert_allclose(y[:n_valid, 1], y1[:, 0], atol=1e-5)
         assert np.all(np.asarray(y[n_valid:, 1]) == 0)
     # reverse == forward on the time-flipped sequence
-    h_r, y_r = ssd_chunked(x, dt, A, Bm, Cm, h0, chunk_size=4, reverse=True)
+    h_r, y_r = chunk_j(x, dt, A, Bm, Cm, h0, chunk_size=4, reverse=True)
     fl = [jnp.flip(v, 0) for v in (x, dt, Bm, Cm)]
-    h_f, y_f = ssd_sequential(fl[0], fl[1], A, fl[2], fl[3], h0)
+    h_f, y_f = seq_j(fl[0], fl[1], A, fl[2], fl[3], h0)
     np.testing.assert_allclose(y_r, jnp.flip(y_f, 0), atol=1e-5)
     np.testing.assert_allclose(h_r, h_f, atol=1e-5)
 
@@ -184,7 +189,8 @@ def test_finite_differences(x64):
     for f in (lambda *a: ssd_chunked(*a, mask, chunk_size=2),
               lambda *a: ssd_quadratic(*a, mask, reverse=True),
               lambda *a: ssd_sequential(*a, mask)):
-        check_grads(f, args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
+        # Jitted: check_grads evaluates f, its VJP and the finite differences as programs.
+        check_grads(jax.jit(f), args, order=1, modes=["rev"], atol=1e-6, rtol=1e-6)
 
 
 def test_gradients_chunked_equal_sequential():
@@ -194,8 +200,9 @@ def test_gradients_chunked_equal_sequential():
     def loss(f):
         return lambda *a: jnp.sum(f(*a)[1] * w) + jnp.sum(f(*a)[0] ** 2)
 
-    g_s = jax.grad(loss(ssd_sequential), argnums=tuple(range(6)))(*args)
-    g_c = jax.grad(loss(lambda *a: ssd_chunked(*a, chunk_size=3)), argnums=tuple(range(6)))(*args)
+    g_s = jax.jit(jax.grad(loss(ssd_sequential), argnums=tuple(range(6))))(*args)
+    g_c = jax.jit(jax.grad(loss(lambda *a: ssd_chunked(*a, chunk_size=3)),
+                           argnums=tuple(range(6))))(*args)
     err = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(g_s, g_c))
     print(f"ssd grads chunked vs sequential (float32): {err:.2e}")
     assert err < 1e-4
@@ -216,7 +223,8 @@ def test_cell_matches_float64_transcription():
     the heads, y = C h + D x) against np_recurrence in float64."""
     cell = make_cell("mamba2", CE, CH, rngs=nnx.Rngs(0), **CELL_KW)
     x = jax.random.normal(jax.random.key(1), (CT, CB, CE))
-    _, ys = cell.scan_projected(cell.initialize_carry(CB), cell.project_inputs(x))
+    _, ys = nnx.jit(lambda c, x: c.scan_projected(c.initialize_carry(CB), c.project_inputs(x)))(
+        cell, x)
     f64 = lambda v: np.asarray(v[...], np.float64)  # noqa: E731
     xp = np.asarray(x, np.float64) @ f64(cell.w_in) + f64(cell.b_in)
     Hh, Ns, Nh = CH, cell.state_size, cell.num_heads

@@ -135,8 +135,9 @@ def test_matches_float64_reference(case, x64):
     c0 = rng.normal(size=(B, H)) * 0.5 if has_c else None
     init = cell.initialize_carry((B,), jnp.float64)
     init = type(init)(jnp.asarray(h0), jnp.asarray(c0)) if has_c else jnp.asarray(h0)
-    carry, y = Recurrent(cell, return_carry=True)(jnp.asarray(x), seq_lengths=LENGTHS,
-                                                   initial_carry=init)
+    # Jitted: one program, not every op compiled eagerly (docs/performance.md §15).
+    run = nnx.jit(lambda m, x, n, c: m(x, seq_lengths=n, initial_carry=c))
+    carry, y = run(Recurrent(cell, return_carry=True), jnp.asarray(x), LENGTHS, init)
     want_y, want_h, want_c = run_ref(ref, p, x, h0, c0, LENGTHS)
     err = np.abs(np.asarray(y) - want_y).max()
     h = carry.h if has_c else carry
@@ -151,10 +152,11 @@ def test_matches_float64_reference(case, x64):
 def test_step_form_equals_sequence_form(case, x64):
     cell, _, _, _ = build(case)
     x = jnp.asarray(np.random.default_rng(2).normal(size=(B, T, E)))
-    carry, y = Recurrent(cell, return_carry=True)(x)
+    carry, y = nnx.jit(lambda m, x: m(x))(Recurrent(cell, return_carry=True), x)  # §15
+    step = nnx.jit(lambda cell, c, x_t: cell(c, x_t))
     c = cell.initialize_carry((B,), jnp.float64)
     for t in range(T):
-        c, y_t = cell(c, x[:, t])
+        c, y_t = step(cell, c, x[:, t])
         np.testing.assert_allclose(np.asarray(y_t), np.asarray(y[:, t]), atol=1e-12, rtol=0)
     for a, b in zip(jax.tree.leaves(c), jax.tree.leaves(carry), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-12, rtol=0)
@@ -168,10 +170,11 @@ def test_gradients_match_float64_finite_differences(case, x64):
     w = jnp.asarray(np.random.default_rng(4).normal(size=(B, T, H)))
     graphdef, params, rest = nnx.split(layer, nnx.Param, ...)
 
+    @jax.jit  # one program per loss, not every op compiled eagerly (§15)
     def loss(params):
         return jnp.sum(nnx.merge(graphdef, params, rest)(x, seq_lengths=LENGTHS) * w)
 
-    g = jax.grad(loss)(params)
+    g = jax.jit(jax.grad(loss))(params)
     leaves, tree = jax.tree.flatten(params)
     g_leaves = jax.tree.leaves(g)
     rng = np.random.default_rng(5)
@@ -194,7 +197,7 @@ def test_indrnn_u_max_is_a_clip_with_zero_gradient_beyond_it(x64):
 
 def test_lstmp_output_and_carry_shapes():
     cell = make_cell("lstmp", E, H, rngs=nnx.Rngs(0), proj_size=2)
-    carry, y = Recurrent(cell, return_carry=True)(jnp.ones((B, T, E)))
+    carry, y = nnx.jit(lambda m, x: m(x))(Recurrent(cell, return_carry=True), jnp.ones((B, T, E)))
     assert y.shape == (B, T, 2) and carry.h.shape == (B, 2) and carry.c.shape == (B, H)
     with pytest.raises(ValueError, match="proj_size must be in"):
         make_cell("lstmp", E, H, rngs=nnx.Rngs(0), proj_size=H)
