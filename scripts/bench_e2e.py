@@ -16,10 +16,12 @@ every run in a fresh process, and the result is training tokens/s in the steady 
   the same shapes, optimiser (Adam, the config's schedule), clipping, dropout and data
   sizes, run as ``python bench_e2e.py --torch-worker JOB``. Its tokens/s is timed over
   the same steps as rnnjax's rows (the first ``skip_rows * log_every`` steps excluded),
-  including drawing the batch, as in a training loop. The worker runs with
-  ``OMP_WAIT_POLICY=PASSIVE`` (``--omp-wait``): with OpenMP's default spinning, torch's
-  2-thread step collapsed 20-35x whenever the shared machine was loaded (measured
-  2026-11-29 at load 20: LSTM 256 x 2 fwd+bwd 0.4 s passive or 1 thread, 2-21 s spinning).
+  including drawing the batch, as in a training loop. The worker keeps OpenMP's own
+  (spinning) wait policy, as a user's torch runs. ``--omp-wait passive`` sets
+  ``OMP_WAIT_POLICY=PASSIVE``, for a loaded machine only: there torch's spinning 2-thread
+  step collapsed 20-35x (measured 2026-11-29 at load 20: LSTM 256 x 2 fwd+bwd 0.4 s passive
+  or 1 thread, 2-21 s spinning), but on an idle machine passive waiting slows torch itself
+  (char-LM LSTM 34.8k tokens/s spinning, 18.4k passive; docs/performance.md §10).
 
 Jobs (shapes from the configs; tokens per step = B x T, padding included):
 
@@ -515,10 +517,11 @@ def parse_args(argv=None):
     p.add_argument("--malloc", default="tuned",
                    help="tuned | default, or tuned,default to alternate them (both sides)")
     p.add_argument("--torch-threads", type=int, default=2)
-    p.add_argument("--omp-wait", choices=("passive", "default"), default="passive",
-                   help="torch's OpenMP wait policy: passive (OMP_WAIT_POLICY=PASSIVE, the "
-                        "default here) or OpenMP's own, whose spinning threads made torch's "
-                        "2-thread LSTM step 20-35x slower on a loaded machine (load 20)")
+    p.add_argument("--omp-wait", choices=("passive", "default"), default="default",
+                   help="torch's OpenMP wait policy: OpenMP's own (spinning, the default, as "
+                        "users run torch) or passive (OMP_WAIT_POLICY=PASSIVE), for a loaded "
+                        "machine only, where spinning threads made torch's 2-thread LSTM step "
+                        "20-35x slower (load 20); on an idle machine passive slows torch")
     p.add_argument("--smoke", action="store_true", help="tiny shapes and 8 steps: a smoke run")
     p.add_argument("--out", default="bench_results/bench_e2e.json", help="JSON result path")
     p.add_argument("--breakdown", default=None, metavar="JOB",
