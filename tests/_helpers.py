@@ -22,6 +22,15 @@ from flax import nnx
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "configs"
 
+# XLA flags that make the tests' many small programs compile faster (docs/performance.md
+# §15): LLVM at optimisation level 0, and XLA:CPU's older loop emitters for fusions instead
+# of the MLIR fusion emitters (backend compile of test_nn_cells.py and the block step-form
+# tests, one core: 114 s -> 67 s of CPU). Both make the compiled code slower to run (the
+# fusion emitters' 0.76x -> 0.59x of torch on the M-shape LSTM step), which tiny test
+# programs never notice; users' runs keep XLA's defaults.
+TEST_XLA_FLAGS = {"xla_backend_optimization_level": "--xla_backend_optimization_level=0",
+                  "xla_cpu_use_fusion_emitters": "--xla_cpu_use_fusion_emitters=false"}
+
 
 def config(spec: str, *overrides: str, **fields):
     """``load_config("configs/<spec>", overrides)``, then sets ``fields`` (``"optim.clip"="none"``).
@@ -125,12 +134,12 @@ def crash_at_step(monkeypatch, task_cls, step):
 
 def env(**extra: str) -> dict[str, str]:
     """The environment of a subprocess: CPU, unbuffered, no inherited XLA flags but the
-    test run's compile-speed flags (tests/conftest.py's ``_TEST_XLA_FLAGS``), plus ``extra``."""
+    test run's compile-speed flags (``TEST_XLA_FLAGS``, set by tests/conftest.py), plus
+    ``extra``."""
     e = dict(os.environ)
     e.update(JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     keep = [f for f in e.pop("XLA_FLAGS", "").split()
-            if f.startswith(("--xla_backend_optimization_level=",
-                             "--xla_cpu_use_fusion_emitters="))]
+            if any(f.startswith(f"--{name}=") for name in TEST_XLA_FLAGS)]
     e.update(extra)
     flags = " ".join([*e.get("XLA_FLAGS", "").split(), *keep])
     if flags:

@@ -13,20 +13,12 @@ import tempfile
 
 import jax
 import pytest
+from _helpers import TEST_XLA_FLAGS
 
 TORCH_REASON = (
     "torch not installed: pip install torch==2.13.0 (CPU wheel) to run the parity tests"
 )
 
-
-# XLA flags that make the tests' many small programs compile faster (docs/performance.md
-# §15): LLVM at optimisation level 0, and XLA:CPU's older loop emitters for fusions instead
-# of the MLIR fusion emitters (backend compile of test_nn_cells.py and the block step-form
-# tests, one core: 114 s -> 67 s of CPU). Both make the compiled code slower to run (the
-# fusion emitters' 0.76x -> 0.59x of torch on the M-shape LSTM step), which tiny test
-# programs never notice; users' runs keep XLA's defaults.
-_TEST_XLA_FLAGS = {"xla_backend_optimization_level": "--xla_backend_optimization_level=0",
-                   "xla_cpu_use_fusion_emitters": "--xla_cpu_use_fusion_emitters=false"}
 
 _CACHE_ENV = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
               "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
@@ -42,12 +34,12 @@ def pytest_configure(config):
     directory is made by the controlling process and removed when the run ends; a cache
     the user set (``JAX_COMPILATION_CACHE_DIR``) is used as it is and kept.
     """
-    # Tests compile with _TEST_XLA_FLAGS, in process and in the `rnnjax` subprocesses they
+    # Tests compile with _helpers.TEST_XLA_FLAGS, in process and in the `rnnjax` subprocesses they
     # start (tests/_helpers.env keeps these flags and drops any other inherited XLA_FLAGS).
     # RNNJAX_TEST_XLA_OPT=default runs the suite at XLA's defaults instead.
     flags = os.environ.get("XLA_FLAGS", "")
     if os.environ.get("RNNJAX_TEST_XLA_OPT") != "default":
-        add = [f for name, f in _TEST_XLA_FLAGS.items() if name not in flags]
+        add = [f for name, f in TEST_XLA_FLAGS.items() if name not in flags]
         os.environ["XLA_FLAGS"] = " ".join([flags, *add]).strip()
     if not hasattr(config, "workerinput") and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
         config._rnnjax_jax_cache = tempfile.mkdtemp(prefix="rnnjax-test-jax-cache-")
