@@ -21,6 +21,11 @@ Implementations:
 * ``torch``: ``nn.LSTM`` / ``nn.GRU`` (batch_first), ``torch.set_num_threads(2)``
   on CPU (``--torch-threads``), the same loss and SGD update. Skipped with a
   message when torch is missing, or when JAX runs on a GPU and torch has no CUDA.
+* ``torch_ops`` (opt-in): the same torch module with oneDNN switched off for its calls
+  (``torch.backends.mkldnn.flags(enabled=False)``). On a CPU, torch runs ``nn.LSTM``
+  (not ``nn.GRU``) through oneDNN's fused RNN primitive (``aten::mkldnn_rnn_layer``, one
+  JIT-compiled kernel per layer and direction); with it off, torch runs the LSTM op by op,
+  as it always runs the GRU (docs/performance.md §19). CPU only.
 * ``linen``: ``flax.linen.RNN(OptimizedLSTMCell(H))`` / ``RNN(GRUCell(H))``.
 
 Allocator: by default glibc malloc is tuned (``rnnjax._malloc.tune_malloc``,
@@ -34,6 +39,7 @@ Usage::
     python scripts/bench_cells.py --shapes S --cells lstm --steps 20
     python scripts/bench_cells.py --quick               # tiny smoke run (~1 min)
     python scripts/bench_cells.py --impls rnnjax,rnnjax_plain,torch,linen
+    python scripts/bench_cells.py --impls rnnjax,torch,torch_ops --modes train
 
 It never changes library defaults: anything it switches (the allocator) it switches
 in its own process only; ``rnnjax_plain`` is a cell argument (``impl="scan"``).
@@ -55,7 +61,7 @@ SHAPES = {  # name: (B, T, E, H)
     "L": (16, 1024, 32, 64),
 }
 QUICK_SHAPES = {"Q": (4, 16, 8, 16)}
-IMPLS = ("rnnjax", "rnnjax_plain", "torch", "linen")
+IMPLS = ("rnnjax", "rnnjax_plain", "torch", "torch_ops", "linen")
 LR = 1e-3  # small, so many steps on one batch stay finite
 
 
@@ -175,9 +181,10 @@ def make_linen(cell, B, T, E, H, x, mode):
 
 
 class TorchImpl:
-    name = "torch"
-
-    def __init__(self, cell, B, T, E, H, x_np, mode, device):
+    def __init__(self, cell, B, T, E, H, x_np, mode, device, name="torch"):
+        self.name = name
+        # torch_ops: oneDNN off for this module's calls only (a context, not a global).
+        self.onednn = name != "torch_ops"
         torch.manual_seed(0)
         Mod = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
         self.mod = Mod(E, H, batch_first=True).to(device)
@@ -193,6 +200,11 @@ class TorchImpl:
             torch.cuda.synchronize()
 
     def step(self):
+        with torch.backends.mkldnn.flags(enabled=self.onednn):
+            self._step()
+        self._sync()
+
+    def _step(self):
         if self.mode == "train":
             y, _ = self.mod(self.x)
             loss = (y * y).mean()
@@ -203,12 +215,11 @@ class TorchImpl:
         else:
             with torch.inference_mode():
                 self.mod(self.x)
-        self._sync()
 
 
 def torch_device():
     """'cpu', 'cuda', or None (skip) with the reason printed."""
-    if "torch" not in ARGS.impls:
+    if not {"torch", "torch_ops"} & set(ARGS.impls):
         return None
     if torch is None:
         log("torch is not installed: skipping the torch comparison")
@@ -232,10 +243,10 @@ def bench_case(shape_name, cell, mode, tdev):
     x = jnp.asarray(x_np)
     impls = []
     for name in ARGS.impls:
-        if name == "torch":
-            if tdev is None:
+        if name in ("torch", "torch_ops"):
+            if tdev is None or (name == "torch_ops" and tdev != "cpu"):
                 continue
-            impls.append(TorchImpl(cell, B, T, E, H, x_np, mode, tdev))
+            impls.append(TorchImpl(cell, B, T, E, H, x_np, mode, tdev, name))
         elif name == "linen":
             impls.append(make_linen(cell, B, T, E, H, x, mode))
         else:
@@ -263,7 +274,7 @@ def bench_case(shape_name, cell, mode, tdev):
             "first_call_s": im.first_call_s,
             "times_s": times[im.name],
         }
-    for base in ("torch", "linen"):
+    for base in ("torch", "torch_ops", "linen"):
         if base in res:
             for r in res.values():
                 r[f"ratio_to_{base}"] = r["tokens_per_s"] / res[base]["tokens_per_s"]
@@ -313,7 +324,8 @@ def fmt_table(cases):
     """Medians first; the ratios at the fastest step ('@min') show what noise hides."""
     lines = []
     hdr = (f"{'shape':5} {'cell':4} {'mode':5} {'impl':14} {'tok/s':>11} {'ms/step':>9} "
-           f"{'x torch':>7} {'x linen':>7} {'@min':>5} {'@min':>5} {'1st call s':>10}")
+           f"{'x torch':>7} {'x t_ops':>7} {'x linen':>7} {'@min':>5} {'@min':>5} "
+           f"{'1st call s':>10}")
     lines.append(hdr)
     lines.append("-" * len(hdr))
     nan = float("nan")
@@ -322,7 +334,8 @@ def fmt_table(cases):
             lines.append(
                 f"{c['shape']:5} {c['cell']:4} {c['mode']:5} {name:14} {r['tokens_per_s']:11,.0f} "
                 f"{1e3 * r['median_s']:9.2f} {r.get('ratio_to_torch', nan):7.2f} "
-                f"{r.get('ratio_to_linen', nan):7.2f} {r.get('ratio_to_torch_at_min', nan):5.2f} "
+                f"{r.get('ratio_to_torch_ops', nan):7.2f} {r.get('ratio_to_linen', nan):7.2f} "
+                f"{r.get('ratio_to_torch_at_min', nan):5.2f} "
                 f"{r.get('ratio_to_linen_at_min', nan):5.2f} {r['first_call_s']:10.2f}")
     return "\n".join(lines)
 

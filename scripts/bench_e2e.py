@@ -22,6 +22,11 @@ every run in a fresh process, and the result is training tokens/s in the steady 
   step collapsed 20-35x (measured 2026-11-29 at load 20: LSTM 256 x 2 fwd+bwd 0.4 s passive
   or 1 thread, 2-21 s spinning), but on an idle machine passive waiting slows torch itself
   (char-LM LSTM 34.8k tokens/s spinning, 18.4k passive; docs/performance.md §10).
+* ``torch_ops`` (opt-in side): the same PyTorch scripts with oneDNN switched off in the
+  worker (``torch.backends.mkldnn.enabled = False``). On a CPU torch runs ``nn.LSTM``
+  through oneDNN's fused RNN primitive (``aten::mkldnn_rnn_layer``); with it off, the LSTM
+  runs op by op, as ``nn.GRU`` always does (docs/performance.md §19). Each job's row then
+  also gives rnnjax / torch_ops.
 
 Jobs (shapes from the configs; tokens per step = B x T, padding included):
 
@@ -46,6 +51,7 @@ Usage::
     python scripts/bench_e2e.py --repeats 2                    # all jobs (~15 min, loaded 2 cores)
     python scripts/bench_e2e.py --jobs char_lm --sides rnnjax --malloc tuned,default
     python scripts/bench_e2e.py --smoke                        # tiny shapes, a few steps
+    python scripts/bench_e2e.py --jobs char_lm,adding --sides rnnjax,torch,torch_ops
 """
 
 from __future__ import annotations
@@ -163,10 +169,12 @@ def run_rnnjax(spec, steps, log_every, skip_rows, malloc, tmp: Path, rep: int) -
     return out
 
 
-def run_torch(spec, steps, skip_steps, malloc, threads, tmp: Path) -> dict:
+def run_torch(spec, steps, skip_steps, malloc, threads, tmp: Path, onednn: bool = True) -> dict:
     args = [sys.executable, str(Path(__file__).resolve()), "--torch-worker", spec["name"],
             "--steps", str(steps), "--skip-steps", str(skip_steps), "--malloc", malloc,
             "--torch-threads", str(threads), "--tmp", str(tmp)]
+    if not onednn:
+        args.append("--torch-no-onednn")
     if ARGS.smoke:
         args.append("--smoke")
     env = dict(os.environ)
@@ -337,6 +345,8 @@ def torch_worker(args) -> None:
         sys.exit("bench_e2e: the PyTorch side needs torch (pip install torch==2.13.0); "
                  "run --sides rnnjax to measure rnnjax alone")
     torch.set_num_threads(args.torch_threads)
+    if args.torch_no_onednn:
+        torch.backends.mkldnn.enabled = False  # nn.LSTM then runs op by op, as nn.GRU does
     torch.manual_seed(0)
     spec = job_spec(args.torch_worker, args.smoke)
     if spec["kind"] == "lm":
@@ -347,6 +357,7 @@ def torch_worker(args) -> None:
         out = torch_adding(torch, spec, args.steps, args.skip_steps)
     out["tokens_per_s"] = out["steps_per_s"] * spec["B"] * spec["T"]
     out["torch"] = torch.__version__
+    out["torch_onednn"] = bool(torch.backends.mkldnn.enabled)
     print(json.dumps(out))
 
 
@@ -507,7 +518,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--jobs", default=",".join(JOBS), help=f"comma list of {list(JOBS)}")
-    p.add_argument("--sides", default="rnnjax,torch", help="comma list of rnnjax,torch")
+    p.add_argument("--sides", default="rnnjax,torch",
+                   help="comma list of rnnjax,torch,torch_ops (torch with oneDNN off)")
     p.add_argument("--steps", type=int, default=None,
                    help="train steps per run (default: per job, 300-500)")
     p.add_argument("--repeats", type=int, default=3, help="runs per side and job")
@@ -529,13 +541,15 @@ def parse_args(argv=None):
                         "in this process instead of the end-to-end runs")
     p.add_argument("--rounds", type=int, default=30, help="--breakdown: timed rounds")
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--torch-no-onednn", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--skip-steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.jobs = [j.strip() for j in args.jobs.split(",") if j.strip()]
     args.sides = [s.strip() for s in args.sides.split(",") if s.strip()]
     args.mallocs = [m.strip() for m in args.malloc.split(",") if m.strip()]
-    for what, vals, ok in (("jobs", args.jobs, JOBS), ("sides", args.sides, ("rnnjax", "torch")),
+    for what, vals, ok in (("jobs", args.jobs, JOBS),
+                           ("sides", args.sides, ("rnnjax", "torch", "torch_ops")),
                            ("malloc", args.mallocs, ("tuned", "default"))):
         bad = [v for v in vals if v not in ok]
         if bad or not vals:
@@ -573,7 +587,8 @@ def main():
                     if side == "rnnjax":
                         r = run_rnnjax(spec, steps, ARGS.log_every, ARGS.skip_rows, m, tmp, rep)
                     else:
-                        r = run_torch(spec, steps, skip_steps, m, ARGS.torch_threads, tmp)
+                        r = run_torch(spec, steps, skip_steps, m, ARGS.torch_threads, tmp,
+                                      onednn=side == "torch")
                     r["load1_before"] = load
                     runs[f"{side}/{m}"].append(r)
                     log(f"  {name:12s} {side:6s} malloc={m:7s} rep {rep}: "
@@ -585,29 +600,33 @@ def main():
                                        for k, v in runs.items()}}
         med = row["median_tokens_per_s"]
         for m in ARGS.mallocs:
-            if f"rnnjax/{m}" in med and f"torch/{m}" in med:
-                ratios = [a["tokens_per_s"] / b["tokens_per_s"]
-                          for a, b in zip(runs[f"rnnjax/{m}"], runs[f"torch/{m}"])]
-                row.setdefault("ratio", {})[m] = {
-                    "of_medians": med[f"rnnjax/{m}"] / med[f"torch/{m}"],
-                    "per_pair": ratios, "median_per_pair": median(ratios)}
+            for side, key in (("torch", "ratio"), ("torch_ops", "ratio_to_torch_ops")):
+                if f"rnnjax/{m}" in med and f"{side}/{m}" in med:
+                    ratios = [a["tokens_per_s"] / b["tokens_per_s"]
+                              for a, b in zip(runs[f"rnnjax/{m}"], runs[f"{side}/{m}"])]
+                    row.setdefault(key, {})[m] = {
+                        "of_medians": med[f"rnnjax/{m}"] / med[f"{side}/{m}"],
+                        "per_pair": ratios, "median_per_pair": median(ratios)}
         if "rnnjax/tuned" in med and "rnnjax/default" in med:
             row["rnnjax_tuned_over_default"] = med["rnnjax/tuned"] / med["rnnjax/default"]
         results.append(row)
         log(f"{name}: medians " + ", ".join(f"{k} {v:.0f}" for k, v in med.items())
             + "".join(f"; ratio rnnjax/torch ({m}) {r['of_medians']:.2f}"
                       for m, r in row.get("ratio", {}).items())
+            + "".join(f"; ratio rnnjax/torch_ops ({m}) {r['of_medians']:.2f}"
+                      for m, r in row.get("ratio_to_torch_ops", {}).items())
             + (f"; rnnjax tuned/default {row['rnnjax_tuned_over_default']:.2f}"
                if "rnnjax_tuned_over_default" in row else ""))
     env["loadavg_end"] = os.getloadavg()
     log("\n| job | tokens/step | " + " | ".join(f"{k} tok/s" for k in results[0]["runs"])
-        + " | rnnjax/torch |")
-    log("|---|---|" + "---|" * (len(results[0]["runs"]) + 1))
+        + " | rnnjax/torch | rnnjax/torch_ops |")
+    log("|---|---|" + "---|" * (len(results[0]["runs"]) + 2))
     for row in results:
-        ratio = "; ".join(f"{r['of_medians']:.2f}" for r in row.get("ratio", {}).values())
+        ratio, ops = ("; ".join(f"{r['of_medians']:.2f}" for r in row.get(k, {}).values())
+                      for k in ("ratio", "ratio_to_torch_ops"))
         log(f"| {row['job']} | {row['tokens_per_step']} | "
             + " | ".join(f"{v:.0f}" for v in row["median_tokens_per_s"].values())
-            + f" | {ratio or '-'} |")
+            + f" | {ratio or '-'} | {ops or '-'} |")
     log(f"load average start {env['loadavg_start']}, end {env['loadavg_end']}")
     out = Path(ARGS.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,12 +66,14 @@ def test_bench_scan_quick(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                     reason="bench_cells compares against torch (pip install torch==2.13.0)")
 def test_bench_cells_quick(tmp_path):
-    r = run_script("bench_cells", "--quick", tmp_path=tmp_path)
+    r = run_script("bench_cells", "--quick", "--impls", "rnnjax,torch,torch_ops,linen",
+                   tmp_path=tmp_path)
     impls = set(r["args"]["impls"])
     assert len(r["cases"]) == len(r["args"]["cells"]) * len(r["args"]["modes"])
     for case in r["cases"]:
         assert set(case["results"]) == impls
         assert all(res["tokens_per_s"] > 0 for res in case["results"].values())
+        assert math.isfinite(case["results"]["rnnjax"]["ratio_to_torch_ops"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None,
@@ -80,13 +82,18 @@ def test_bench_e2e_smoke(tmp_path):
     # passive: the suite's other processes load the machine, where torch's spinning threads
     # can slow its steps many times over (scripts/bench_e2e.py's --omp-wait)
     r = run_script("bench_e2e", "--smoke", "--repeats", "1", "--jobs", "char_lm,classify,adding",
-                   "--omp-wait", "passive", tmp_path=tmp_path)
+                   "--omp-wait", "passive", "--sides", "rnnjax,torch,torch_ops",
+                   tmp_path=tmp_path)
     assert [row["job"] for row in r["results"]] == ["char_lm", "classify", "adding"]
     for row in r["results"]:
-        assert set(row["runs"]) == {"rnnjax/default", "torch/default"}
+        assert set(row["runs"]) == {"rnnjax/default", "torch/default", "torch_ops/default"}
         for runs in row["runs"].values():
             assert all(run["tokens_per_s"] > 0 and run["steady_steps"] > 0 for run in runs)
+        # the torch_ops side really runs with oneDNN off, the torch side with it on
+        assert [run["torch_onednn"] for run in row["runs"]["torch/default"]] == [True]
+        assert [run["torch_onednn"] for run in row["runs"]["torch_ops/default"]] == [False]
         assert math.isfinite(row["ratio"]["default"]["of_medians"])
+        assert math.isfinite(row["ratio_to_torch_ops"]["default"]["of_medians"])
 
 
 def test_bench_gpu_quick(tmp_path):
