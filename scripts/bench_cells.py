@@ -22,7 +22,7 @@ Implementations:
   on CPU (``--torch-threads``), the same loss and SGD update. Skipped with a
   message when torch is missing, or when JAX runs on a GPU and torch has no CUDA.
 * ``torch_ops`` (opt-in): the same torch module with oneDNN switched off for its calls
-  (``torch.backends.mkldnn.flags(enabled=False)``). On a CPU, torch runs ``nn.LSTM``
+  (``torch.backends.mkldnn.enabled = False`` around its calls). On a CPU, torch runs ``nn.LSTM``
   (not ``nn.GRU``) through oneDNN's fused RNN primitive (``aten::mkldnn_rnn_layer``, one
   JIT-compiled kernel per layer and direction); with it off, torch runs the LSTM op by op,
   as it always runs the GRU (docs/performance.md §19). CPU only.
@@ -200,8 +200,14 @@ class TorchImpl:
             torch.cuda.synchronize()
 
     def step(self):
-        with torch.backends.mkldnn.flags(enabled=self.onednn):
+        # The switch is a global of torch's, so set around this side's calls only (not
+        # torch.backends.mkldnn.flags, which also sets TF32 and warns on a CPU build).
+        mkldnn = torch.backends.mkldnn
+        before, mkldnn.enabled = mkldnn.enabled, self.onednn
+        try:
             self._step()
+        finally:
+            mkldnn.enabled = before
         self._sync()
 
     def _step(self):

@@ -362,7 +362,7 @@ def torch_worker(args) -> None:
 
 
 # ---------------------------------------------------------------------------
-# Where the time goes (--breakdown): one char-LM step taken apart, in one process,
+# Where the time goes (--breakdown): one char-LM or adding step taken apart, in one process,
 # the components timed alternately (one call of each per round), medians in ms.
 # ---------------------------------------------------------------------------
 def breakdown(name: str, rounds: int, threads: int) -> dict:
@@ -379,8 +379,8 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
     from rnnjax.train.steps import make_train_step
 
     spec = job_spec(name, ARGS.smoke)
-    if spec["kind"] != "lm":
-        raise SystemExit("--breakdown takes a char-LM job (char_lm or char_lm_gru)")
+    if spec["kind"] not in ("lm", "adding"):
+        raise SystemExit("--breakdown takes char_lm, char_lm_gru or adding")
     B, T, H = spec["B"], spec["T"], spec["H"]
     over = [o[len("--config."):] for o in rnnjax_overrides(spec, 1000, 25, None)]
     config = load_config(spec["config"], over)
@@ -427,21 +427,33 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
     enc = jax.jit(jax.value_and_grad(enc_loss, argnums=(0, 1)))
     comps["recurrent_fwd_bwd"] = lambda: enc(enc_params, x, g)[0].block_until_ready()
 
-    # (d) the rest of the model: embedding gather/scatter, dropout, output layer, softmax
-    # cross-entropy, forward + backward (the recurrent stack replaced by a fixed input).
-    head_graph, head_params, head_rest = nnx.split(
-        nnx.Dict(embed=model.embed, out=model.out, drop=model.dropout), nnx.Param, ...)
-    ys = jax.random.normal(jax.random.PRNGKey(3), (B, T, H))
-    gx = jax.random.normal(jax.random.PRNGKey(4), (B, T, spec["E"]))
+    # (d) the rest of the model (the recurrent stack replaced by a fixed input), fwd + bwd.
+    # char-LM: embedding gather/scatter, dropout, output layer, softmax cross-entropy;
+    # adding: the last-state pooling, the MLP head and the MSE.
+    if spec["kind"] == "lm":
+        head_graph, head_params, head_rest = nnx.split(
+            nnx.Dict(embed=model.embed, out=model.out, drop=model.dropout), nnx.Param, ...)
+        ys = jax.random.normal(jax.random.PRNGKey(3), (B, T, H))
+        gx = jax.random.normal(jax.random.PRNGKey(4), (B, T, spec["E"]))
 
-    def head_loss(p, ys, gx, b):
-        m = nnx.merge(head_graph, p, fresh(head_rest))
-        logits = m["out"](m["drop"](ys))
-        nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
-        return jnp.mean(nll) + jnp.sum(m["embed"](b["inputs"]) * gx)
-    head = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
-    comps["embed_output_ce_fwd_bwd"] = lambda: head(head_params, ys, gx, batch)[0] \
-        .block_until_ready()
+        def head_loss(p, ys, gx, b):
+            m = nnx.merge(head_graph, p, fresh(head_rest))
+            logits = m["out"](m["drop"](ys))
+            nll = optax.softmax_cross_entropy_with_integer_labels(logits, b["targets"])
+            return jnp.mean(nll) + jnp.sum(m["embed"](b["inputs"]) * gx)
+        head = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
+        comps["embed_output_ce_fwd_bwd"] = lambda: head(head_params, ys, gx, batch)[0] \
+            .block_until_ready()
+    else:
+        head_graph, head_params, head_rest = nnx.split(model.head, nnx.Param, ...)
+        ys = jax.random.normal(jax.random.PRNGKey(3), (B, T, H))
+
+        def head_loss(p, ys, b):
+            pred = nnx.merge(head_graph, p, fresh(head_rest))(ys[:, -1])
+            return jnp.mean((pred - b["targets"]) ** 2)
+        head = jax.jit(jax.value_and_grad(head_loss, argnums=(0, 1)))
+        comps["last_state_head_mse_fwd_bwd"] = lambda: head(head_params, ys, batch)[0] \
+            .block_until_ready()
 
     # (e) the optimiser alone: clip, Adam, apply, and the norms the step logs.
     grads = jax.tree.map(jnp.ones_like, params)
@@ -473,16 +485,32 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
         torch = None
     if torch is not None:  # the same split of torch's step
         torch.set_num_threads(threads)
+        if ARGS.torch_no_onednn:
+            torch.backends.mkldnn.enabled = False
         torch.manual_seed(0)
-        V = len(task.vocab)
-        tm = torch_char_model(torch, spec, V)
+        tx = torch.from_numpy(np.array(batch["inputs"]))
+        ty = torch.from_numpy(np.array(batch["targets"]))
+        if spec["kind"] == "lm":
+            V = len(task.vocab)
+            tm = torch_char_model(torch, spec, V)
+            trnn_mod = tm.rnn
+            tx, ty = tx.long(), ty.long()
+
+            def tloss():
+                return torch.nn.functional.cross_entropy(tm(tx).reshape(-1, V), ty.reshape(-1))
+        else:
+            trnn_mod = torch.nn.LSTM(spec["E"], H, batch_first=True)
+            thead = torch.nn.Linear(H, 1)
+            tm = torch.nn.ModuleList([trnn_mod, thead])
+
+            def tloss():
+                _, (h, _) = trnn_mod(tx)
+                return ((thead(h[-1]) - ty) ** 2).mean()
         topt = torch.optim.Adam(tm.parameters(), lr=spec["lr"])
-        tx = torch.from_numpy(np.array(batch["inputs"])).long()
-        ty = torch.from_numpy(np.array(batch["targets"])).long()
         tparams = list(tm.parameters())
 
         def tstep():
-            loss = torch.nn.functional.cross_entropy(tm(tx).reshape(-1, V), ty.reshape(-1))
+            loss = tloss()
             topt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(tparams, spec["clip"])
@@ -493,7 +521,7 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
         tg = torch.randn(B, T, H)
 
         def trnn():
-            y, _ = tm.rnn(temb)
+            y, _ = trnn_mod(temb)
             (y * tg).sum().backward()
         comps["torch_recurrent_fwd_bwd"] = trnn
 
@@ -506,7 +534,8 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
             t0 = time.perf_counter()
             fn()
             times[k].append(time.perf_counter() - t0)
-    return {"job": name, "rounds": rounds,
+    return {"job": name, "rounds": rounds, "torch_onednn": None if torch is None else
+            bool(torch.backends.mkldnn.enabled),
             "median_ms": {k: 1e3 * statistics.median(v) for k, v in times.items()},
             "tokens_per_step": B * T}
 
@@ -537,11 +566,12 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="tiny shapes and 8 steps: a smoke run")
     p.add_argument("--out", default="bench_results/bench_e2e.json", help="JSON result path")
     p.add_argument("--breakdown", default=None, metavar="JOB",
-                   help="time the parts of one char-LM train step (char_lm or char_lm_gru) "
+                   help="time the parts of one train step (char_lm, char_lm_gru or adding) "
                         "in this process instead of the end-to-end runs")
     p.add_argument("--rounds", type=int, default=30, help="--breakdown: timed rounds")
     p.add_argument("--torch-worker", default=None, help=argparse.SUPPRESS)
-    p.add_argument("--torch-no-onednn", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--torch-no-onednn", action="store_true",
+                   help="--breakdown: torch's side with oneDNN off (nn.LSTM op by op)")
     p.add_argument("--skip-steps", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--tmp", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -127,3 +127,18 @@ def test_bench_breakdown_quick(tmp_path):
         # the split adds up to the step it splits (its last part is the remainder)
         assert sum(c["split_ms"].values()) == pytest.approx(c["parts"]["train_step"]["median_ms"])
         assert c["ratio_train_step"] > 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None,
+                    reason="bench_e2e --breakdown times torch too (pip install torch==2.13.0)")
+@pytest.mark.parametrize("job", ["char_lm", "adding"])
+def test_bench_e2e_breakdown_smoke(tmp_path, job):
+    r = run_script("bench_e2e", "--breakdown", job, "--smoke", "--rounds", "1",
+                   tmp_path=tmp_path)
+    head = "embed_output_ce_fwd_bwd" if job == "char_lm" else "last_state_head_mse_fwd_bwd"
+    assert set(r["median_ms"]) == {
+        "train_step", "loss_and_grads", "loss_forward", "recurrent_fwd_bwd", head,
+        "optimizer_and_norms", "data_draw_and_put", "torch_train_step",
+        "torch_recurrent_fwd_bwd"}
+    assert all(v > 0 for v in r["median_ms"].values())
+    assert r["job"] == job and r["torch_onednn"] is True
