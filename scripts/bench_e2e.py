@@ -309,11 +309,22 @@ def torch_classify(torch, spec, steps, skip, data_path):
     return timed_loop(torch, spec, steps, skip, model, opt, draw, loss_of)
 
 
-def torch_adding(torch, spec, steps, skip):
+def torch_adding_model(torch, spec):
+    """The adding job's model, ``[LSTM, Linear]``, and its loss on a batch ``(x, y)``."""
     nn = torch.nn
+    rnn, head = nn.LSTM(spec["E"], spec["H"], batch_first=True), nn.Linear(spec["H"], 1)
+
+    def loss_of(batch):
+        x, y = batch
+        _, (h, _) = rnn(x)
+        return ((head(h[-1]) - y) ** 2).mean()
+
+    return nn.ModuleList([rnn, head]), loss_of
+
+
+def torch_adding(torch, spec, steps, skip):
     B, T = spec["B"], spec["T"]
-    rnn, head = nn.LSTM(2, spec["H"], batch_first=True), nn.Linear(spec["H"], 1)
-    model = nn.ModuleList([rnn, head])
+    model, loss_of = torch_adding_model(torch, spec)
     opt = torch.optim.Adam(model.parameters(), lr=spec["lr"])
 
     def draw():  # the adding problem, as rnnjax.data.synthetic.adding_problem
@@ -325,11 +336,6 @@ def torch_adding(torch, spec, steps, skip):
         markers[rows, second] = 1.0
         target = values[rows, first] + values[rows, second]
         return torch.stack([values, markers], -1), target[:, None]
-
-    def loss_of(batch):
-        x, y = batch
-        _, (h, _) = rnn(x)
-        return ((head(h[-1]) - y) ** 2).mean()
 
     return timed_loop(torch, spec, steps, skip, model, opt, draw, loss_of)
 
@@ -499,13 +505,11 @@ def breakdown(name: str, rounds: int, threads: int) -> dict:
             def tloss():
                 return torch.nn.functional.cross_entropy(tm(tx).reshape(-1, V), ty.reshape(-1))
         else:
-            trnn_mod = torch.nn.LSTM(spec["E"], H, batch_first=True)
-            thead = torch.nn.Linear(H, 1)
-            tm = torch.nn.ModuleList([trnn_mod, thead])
+            tm, adding_loss = torch_adding_model(torch, spec)
+            trnn_mod = tm[0]
 
             def tloss():
-                _, (h, _) = trnn_mod(tx)
-                return ((thead(h[-1]) - ty) ** 2).mean()
+                return adding_loss((tx, ty))
         topt = torch.optim.Adam(tm.parameters(), lr=spec["lr"])
         tparams = list(tm.parameters())
 
