@@ -183,7 +183,7 @@ def make_linen(cell, B, T, E, H, x, mode):
 class TorchImpl:
     def __init__(self, cell, B, T, E, H, x_np, mode, device, name="torch"):
         self.name = name
-        # torch_ops: oneDNN off for this module's calls only (a context, not a global).
+        # torch_ops: oneDNN off around this side's calls only (step() sets and restores it).
         self.onednn = name != "torch_ops"
         torch.manual_seed(0)
         Mod = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
