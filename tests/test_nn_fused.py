@@ -234,13 +234,20 @@ def test_lanes_give_the_same_numbers():
 
 
 def test_lanes_are_used_only_for_big_steps_on_cpu():
+    # The rule as measured by scripts/bench_lanes.py (docs/performance.md §8).
     if jax.default_backend() != "cpu":
         pytest.skip("the lane rule is for XLA:CPU")
     assert fused.lanes_for(64, 256, 4) == 2  # M: 17M multiply-adds a step
     assert fused.lanes_for(64, 256, 3) == 4
-    assert fused.lanes_for(32, 128, 4) == 1  # S
+    assert fused.lanes_for(32, 128, 4) == 1  # S: 2.1M
     assert fused.lanes_for(16, 64, 4) == 1  # L
-    assert fused.lanes_for(24, 1024, 4) == 1  # would leave blocks of under 16 rows
+    assert fused.lanes_for(16, 256, 4) == 2  # 4.2M: blocks of 8 rows
+    assert fused.lanes_for(32, 256, 3) == 4  # the char-LM GRU: blocks of 8 rows
+    assert fused.lanes_for(16, 256, 3) == 4 and fused.lanes_for(64, 128, 3) == 1  # both 3.1M
+    assert fused.lanes_for(128, 128, 3) == 4  # 6.3M
+    assert fused.lanes_for(64, 512, 4) == 1 and fused.lanes_for(64, 512, 3) == 1  # H > 256
+    assert fused.lanes_for(24, 1024, 4) == 1
+    assert fused.lanes_for(12, 256, 3) == 2  # 4 blocks would hold 3 rows: 2 blocks of 6
     assert fused.lanes_for(6, 4, 4, lanes=3) == 3 and fused.lanes_for(5, 4, 4, lanes=3) == 1
 
 

@@ -142,3 +142,16 @@ def test_bench_e2e_breakdown_smoke(tmp_path, job):
         "torch_recurrent_fwd_bwd"}
     assert all(v > 0 for v in r["median_ms"].values())
     assert r["job"] == job and r["torch_onednn"] is True
+
+
+def test_bench_lanes_quick(tmp_path):
+    r = run_script("bench_lanes", "--quick", tmp_path=tmp_path)
+    assert [(row["cell"], row["H"], row["B"]) for row in r["rows"]] == [("lstm", 8, 8),
+                                                                       ("gru", 8, 8)]
+    for row in r["rows"]:
+        assert set(row["median_ms"]) == {"1", "2", "4"}
+        assert all(v > 0 for v in row["median_ms"].values())
+        # the blocks are rows of one batch: every count computes the same loss
+        losses = list(row["first_loss"].values())
+        assert losses == pytest.approx([losses[0]] * 3, rel=1e-6)
+        assert row["auto"] == 1 and row["best"] in (1, 2, 4)

@@ -89,9 +89,10 @@ def _bmask(m: Array) -> Array:
     return m[:, None]
 
 
-# Per-step multiply-adds from which lanes pay for their overhead on 2 cores.
-_LANE_MIN_MACS = 8_000_000
-_LANE_MIN_ROWS = 16
+# The lane rule's thresholds, measured on the 2-core machine (docs/performance.md §8).
+_LANE_MAX_HIDDEN = 256  # above it XLA:CPU spreads each step's dots over the cores itself
+_LANE_MIN_MACS = {4: 4_000_000, 3: 6_000_000}  # per step (B*H*H*G), LSTM-like and GRU loops
+_LANE_MIN_ROWS = 4
 
 
 def lanes_for(batch: int, hidden: int, gates: int, lanes: int | None = None) -> int:
@@ -102,18 +103,27 @@ def lanes_for(batch: int, hidden: int, gates: int, lanes: int | None = None) -> 
 
     Why: the ops of one step depend on each other, so a step keeps at most one
     matmul and one fusion in flight. Cut into row blocks, the body holds one
-    chain per block, and XLA:CPU's executor runs the chains concurrently, so a
-    block's elementwise work overlaps another's matmul. Measured on the 2-core
-    machine, quiet, M shape (B=64, H=256), fused loss-gradient wall time: LSTM
-    70 -> 57 ms with 2 blocks (4: 72 ms), GRU 49 -> 43 ms with 4 (2: 48 ms; its
-    three per-gate matmuls make each chain short). On 2 pinned cores of another
-    machine: LSTM 87 -> 77 ms, GRU 87 -> 63 ms. At S and L (a step of fewer than
-    8M multiply-adds) blocks cost more than they gain. CPU backend only: on a
-    GPU they would only add kernel launches.
+    chain per block, and XLA:CPU's executor runs the blocks' matmuls concurrently.
+    Measured on the 2-core machine over H 64-512 and B 16-128 (``scripts/bench_lanes.py``,
+    training step, T=64, docs/performance.md §8): LSTM 2 blocks 1.02-1.21x one block from
+    4M multiply-adds a step up to H=256 (4 blocks no better); GRU 4 blocks (its three
+    per-gate matmuls make each chain short) 1.02-1.19x at H=256 from B=16 and at H=128
+    from B=128, but 0.99-1.01x at H=128, B=64, which has the same 3.1M multiply-adds as
+    H=256, B=16: hence the GRU's rule on H. At H=512 blocks cost 2-32%: each step's
+    matmuls are big enough for XLA to spread over both cores itself. Below the thresholds
+    blocks gained at most 1.09x in one run and 1.00-1.02x in another, or cost. CPU backend
+    only: on a GPU they would only add kernel launches.
     """
     if lanes is not None:
         return lanes if lanes > 1 and batch % lanes == 0 else 1
-    if jax.default_backend() != "cpu" or batch * hidden * hidden * gates < _LANE_MIN_MACS:
+    if jax.default_backend() != "cpu" or hidden > _LANE_MAX_HIDDEN:
+        return 1
+    macs = batch * hidden * hidden * gates
+    if gates == 3:
+        enough = hidden >= _LANE_MAX_HIDDEN or macs >= _LANE_MIN_MACS[3]
+    else:
+        enough = macs >= _LANE_MIN_MACS[4]
+    if not enough:
         return 1
     for n in ((4, 2) if gates == 3 else (2,)):
         if batch % n == 0 and batch // n >= _LANE_MIN_ROWS:
