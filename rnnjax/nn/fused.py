@@ -91,7 +91,8 @@ def _bmask(m: Array) -> Array:
 
 # The lane rule's thresholds, measured on the 2-core machine (docs/performance.md §8).
 _LANE_MAX_HIDDEN = 256  # above it XLA:CPU spreads each step's dots over the cores itself
-_LANE_MIN_MACS = {4: 4_000_000, 3: 6_000_000}  # per step (B*H*H*G), LSTM-like and GRU loops
+_LANE_MIN_MACS = 4_000_000  # multiply-adds per step (B*H*H*G), LSTM-like loops
+_LANE_MIN_MACS_GRU = 6_000_000  # the GRU below H=256 (three per-gate matmuls per block)
 _LANE_MIN_ROWS = 4
 
 
@@ -120,9 +121,9 @@ def lanes_for(batch: int, hidden: int, gates: int, lanes: int | None = None) -> 
         return 1
     macs = batch * hidden * hidden * gates
     if gates == 3:
-        enough = hidden >= _LANE_MAX_HIDDEN or macs >= _LANE_MIN_MACS[3]
+        enough = hidden >= _LANE_MAX_HIDDEN or macs >= _LANE_MIN_MACS_GRU
     else:
-        enough = macs >= _LANE_MIN_MACS[4]
+        enough = macs >= _LANE_MIN_MACS
     if not enough:
         return 1
     for n in ((4, 2) if gates == 3 else (2,)):
