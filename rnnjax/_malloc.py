@@ -52,3 +52,11 @@ def tune_malloc() -> dict:
         ok &= mallopt(globals()[name], value) == 1
     return {"applied": bool(ok), "settings": dict(SETTINGS),
             "reason": "mallopt" if ok else "mallopt returned an error"}
+
+
+def malloc_for(choice: str) -> dict:
+    """A benchmark's ``--malloc tuned|default``: :func:`tune_malloc`, or the record of
+    leaving glibc alone. Call it before jax (or torch) makes its first large buffers."""
+    if choice == "tuned":
+        return tune_malloc()
+    return {"applied": False, "settings": {}, "reason": f"--malloc {choice}"}

@@ -129,12 +129,9 @@ def parse_args(argv=None):
 
 ARGS = parse_args()
 
-if ARGS.malloc == "tuned":  # before jax/torch make their first large buffers
-    from rnnjax._malloc import tune_malloc
+from rnnjax._malloc import malloc_for  # noqa: E402
 
-    MALLOC = tune_malloc()
-else:
-    MALLOC = {"applied": False, "settings": {}, "reason": "--malloc default"}
+MALLOC = malloc_for(ARGS.malloc)  # before jax/torch make their first large buffers
 # JAX would take 75% of the GPU's memory at start; torch shares the device here.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 if ARGS.quick:

@@ -61,12 +61,9 @@ def parse_args(argv=None):
 
 
 ARGS = parse_args()
-if ARGS.malloc == "tuned":  # before jax makes its first large buffers
-    from rnnjax._malloc import tune_malloc
+from rnnjax._malloc import malloc_for  # noqa: E402
 
-    MALLOC = tune_malloc()
-else:
-    MALLOC = {"applied": False, "settings": {}, "reason": "--malloc default"}
+MALLOC = malloc_for(ARGS.malloc)  # before jax makes its first large buffers
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402

@@ -164,12 +164,9 @@ def parse_args(argv=None):
 ARGS = parse_args()
 
 # The allocator must be tuned before jax makes its first large buffers.
-if ARGS.malloc == "tuned":
-    from rnnjax._malloc import tune_malloc
+from rnnjax._malloc import malloc_for  # noqa: E402
 
-    MALLOC = tune_malloc()
-else:
-    MALLOC = {"applied": False, "settings": {}, "reason": "--malloc default"}
+MALLOC = malloc_for(ARGS.malloc)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
