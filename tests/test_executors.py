@@ -244,6 +244,45 @@ def test_optuna_search_runs_resumes_and_reports(tmp_path):
     assert rep["rows"] and sum(r["done"] for r in rep["rows"]) == 3
 
 
+def test_a_trial_that_finished_before_its_prune_landed_counts_as_done(tmp_path):
+    """The pruner may judge a trial's last eval while its trainer is writing its results;
+    the SIGTERM then kills a finished run (seen in experiments/lr_search.py: return code
+    -15, results.json done). Such a trial is done and told COMPLETE with its metric, not
+    PRUNED; one stopped before its results is pruned."""
+    optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))
+    from rnnjax.sweeps.executors import Outcome
+    from rnnjax.sweeps.report import report
+    from rnnjax.sweeps.runner import _Book, _finish
+    from rnnjax.sweeps.search import OptunaSource
+    from rnnjax.train.workdir import Workdir
+
+    desc = _search(n_trials=2, pruner="threshold", pruner_kwargs={"upper": 0.0})
+    study = study_from_dict(desc, name="late")
+    root = tmp_path / "root"
+    root.mkdir()
+    src = OptunaSource(study, root, python=sys.executable, timeout=None, workers=2,
+                       log=lambda s: None)
+    finished, stopped = src.take(2)
+    Workdir(finished.trials[0].workdir).write_results(step=40, best_step=40,
+                                                      eval_metrics={"mse": 0.125})
+    Workdir(stopped.trials[0].workdir).create()
+    book = _Book(study, root, [u.trials[0] for u in (finished, stopped)], kind="optuna")
+    stop = Outcome(-15, pruned=True)
+    statuses = [_finish(book, u.trials[0], stop, 1.0, ["rnnjax"], tmp_path / "err.log")
+                for u in (finished, stopped)]
+    assert statuses == ["done", "pruned"]
+    for u, status in zip((finished, stopped), statuses):
+        src.done(u, stop, [status])
+    book.flush()
+    ostudy = optuna.load_study(study_name="late", storage=f"sqlite:///{root}/optuna.db")
+    assert [t.state.name for t in ostudy.trials] == ["COMPLETE", "PRUNED"]
+    assert ostudy.trials[0].value == 0.125
+    assert src.known_statuses() == {stopped.trials[0].name: "pruned"}
+    rows = report(study, root, plots=False)["rows"]  # one per trial, in the trials' order
+    assert [r["done"] for r in rows] == [1, 0]
+    assert rows[0]["metrics"]["eval.mse"]["mean"] == 0.125
+
+
 @pytest.mark.subprocess
 def test_optuna_prunes_a_trial_from_its_logged_eval_metric(tmp_path):
     optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))

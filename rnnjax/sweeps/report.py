@@ -469,7 +469,7 @@ def report(study: str | Path | Study, root: str | Path | None = None, *,
         trials = [t for t, _ in found]
         results = [read_trial(t) for t in trials]
         for r, (_, frozen) in zip(results, found):
-            if frozen.state.name == "PRUNED":
+            if frozen.state.name == "PRUNED" and r.status != "done":
                 r.status = "pruned"  # its workdir holds a checkpoint, no results
         extra = search_report(study, root)
     else:

@@ -181,8 +181,10 @@ def _finish(book: _Book, trial: Trial, outcome: Outcome, seconds: float,
     if rc is None:  # never started: the sweep was interrupted first
         book.update(trial.name, status=status)
         return status
-    if outcome.pruned:
-        # Stopped by its search's pruner: its checkpoint stays; not a failure.
+    if outcome.pruned and status != "done":
+        # Stopped by its search's pruner: its checkpoint stays; not a failure. A trial whose
+        # results say done had finished before the stop landed (the pruner judged its
+        # last eval while the trainer was writing its results): it counts as done.
         book.update(trial.name, status="pruned", returncode=rc, seconds=round(seconds, 2),
                     ran=True)
         return "pruned"

@@ -227,9 +227,11 @@ class OptunaSource:
         return [t for t, _ in self._known()]
 
     def known_statuses(self) -> dict[str, str]:
-        """The statuses the workdirs cannot tell: a pruned trial's workdir looks started."""
+        """The statuses the workdirs cannot tell: a pruned trial's workdir looks started.
+        (A workdir that says done is done, whatever the storage says: see ``done``.)"""
         pruned = self.optuna.trial.TrialState.PRUNED
-        return {t.name: "pruned" for t, fz in self._known() if fz.state == pruned}
+        return {t.name: "pruned" for t, fz in self._known()
+                if fz.state == pruned and Workdir(t.workdir).status() != "done"}
 
     def _unit(self, trial: Trial, trial_id: int):
         # The runner's Unit, built here from plain parts to keep the import one way.
@@ -275,7 +277,7 @@ class OptunaSource:
         (trial,), (status,) = unit.trials, statuses
         if outcome.returncode is None:
             return  # never started: it stays RUNNING in the storage and resumes next time
-        if outcome.pruned:
+        if outcome.pruned and status != "done":  # done: it finished before the stop landed
             self.ostudy.tell(unit.trial_id_number(self.ostudy), state=states.PRUNED)
             return
         value = self.value(trial) if status == "done" else None
