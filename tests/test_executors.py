@@ -244,6 +244,30 @@ def test_optuna_search_runs_resumes_and_reports(tmp_path):
     assert rep["rows"] and sum(r["done"] for r in rep["rows"]) == 3
 
 
+def test_the_pruner_never_stops_a_trial_at_its_last_step(tmp_path):
+    """A stop at the last eval saves no compute and lands while the trainer writes its
+    results (experiments/lr_search.py lost a finished trial so, return code -15): the
+    monitor reports that step and lets the trial finish. Earlier steps prune as before."""
+    optuna = pytest.importorskip("optuna", reason=REASON.format("optuna", "optuna"))
+    from rnnjax.sweeps.search import OptunaPruning
+
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    study = optuna.create_study(study_name="s", storage=url)
+    stops = {}
+    for step in (100, 600):  # train.steps is 600
+        wd = tmp_path / f"wd{step}"
+        wd.mkdir()
+        (wd / "config.json").write_text(json.dumps({"train": {"steps": 600}}))
+        (wd / "metrics.jsonl").write_text(
+            json.dumps({"step": step, "split": "eval", "mse": 0.5}) + "\n")
+        trial = study.ask()
+        monitor = OptunaPruning(url, "s", trial._trial_id, str(wd / "metrics.jsonl"), "eval",
+                                "mse", {"pruner": "threshold", "pruner_kwargs": {"upper": 0.0}})
+        stops[step] = monitor.should_stop()
+        assert study._storage.get_trial(trial._trial_id).intermediate_values == {step: 0.5}
+    assert stops == {100: True, 600: False}
+
+
 def test_a_trial_that_finished_before_its_prune_landed_counts_as_done(tmp_path):
     """The pruner may judge a trial's last eval while its trainer is writing its results;
     the SIGTERM then kills a finished run (seen in experiments/lr_search.py: return code

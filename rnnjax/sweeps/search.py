@@ -167,7 +167,20 @@ class OptunaPruning:
     def __setstate__(self, state):
         self.__dict__.update(state)
 
+    def _final_step(self) -> int | None:
+        """The trial's last step (``train.steps`` of the config its trainer wrote)."""
+        if getattr(self, "_final", None) is None:
+            try:
+                cfg = json.loads((Path(self.metrics_path).parent / "config.json").read_text())
+                self._final = int(cfg["train"]["steps"])
+            except (OSError, ValueError, KeyError, TypeError):
+                return None
+        return self._final
+
     def should_stop(self) -> bool:
+        """Reports the new rows; True where the pruner says stop. Never at the trial's last
+        step: stopping then saves nothing, and the SIGTERM would land while the trainer
+        writes its results, throwing away a finished trial."""
         optuna = _optuna()
         if not hasattr(self, "_trial"):
             study = _load(self.storage, self.study_name, self.pruner)
@@ -197,7 +210,12 @@ class OptunaPruning:
                 self._trial.report(float(v), int(step))
                 self._reported.add(int(step))
                 new = True
-        return new and self._trial.should_prune()
+        if not new:
+            return False
+        final = self._final_step()
+        if final is not None and max(self._reported) >= final:
+            return False
+        return self._trial.should_prune()
 
 
 class OptunaSource:
