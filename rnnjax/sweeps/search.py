@@ -17,8 +17,8 @@ own hashed workdir (``t003,lr=0.00123,hidden=32,seed=0-9f2c1a``), run by any exe
 
 Pruning happens where the trial runs: its job's monitor (:class:`OptunaPruning`) reads
 the new ``<split>`` rows of the trial's ``metrics.jsonl`` every second, reports the
-metric to the Optuna trial at its step, and on ``should_prune()`` the job SIGTERMs the
-process; the trainer saves a checkpoint and exits, and the trial is told PRUNED. A stop
+metric to the Optuna trial at its step, and on ``should_prune()`` (never at the trial's
+last step, where stopping saves nothing) the job SIGTERMs the process; the trainer saves a checkpoint and exits, and the trial is told PRUNED. A stop
 that lands after the trainer wrote its results (the pruner judged the last eval) kills a
 finished run: its workdir says done, and the trial is told COMPLETE with its metric.
 Because the monitor talks to the storage, not to the driver, this works on Ray and
