@@ -240,7 +240,7 @@ def test_optuna_search_runs_resumes_and_reports(tmp_path):
     assert [r["ran"] for r in again["trials"]] == [False, False, True]
     rep = report(study3, root, plots=False)
     assert "Best trials by eval.mse" in rep["markdown"]
-    assert "Parameter importance" in rep["markdown"]
+    assert "Parameter importance (PED-ANOVA" in rep["markdown"]
     assert rep["rows"] and sum(r["done"] for r in rep["rows"]) == 3
 
 

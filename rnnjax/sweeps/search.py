@@ -18,9 +18,10 @@ own hashed workdir (``t003,lr=0.00123,hidden=32,seed=0-9f2c1a``), run by any exe
 Pruning happens where the trial runs: its job's monitor (:class:`OptunaPruning`) reads
 the new ``<split>`` rows of the trial's ``metrics.jsonl`` every second, reports the
 metric to the Optuna trial at its step, and on ``should_prune()`` (never at the trial's
-last step, where stopping saves nothing) the job SIGTERMs the process; the trainer saves a checkpoint and exits, and the trial is told PRUNED. A stop
-that lands after the trainer wrote its results (the pruner judged the last eval) kills a
-finished run: its workdir says done, and the trial is told COMPLETE with its metric.
+last step, where stopping saves nothing) the job SIGTERMs the process; the trainer saves
+a checkpoint and exits, and the trial is told PRUNED. A stop that lands after the
+trainer wrote its results kills a finished run: its workdir says done, and the trial is
+told COMPLETE with its metric.
 Because the monitor talks to the storage, not to the driver, this works on Ray and
 SLURM too: the storage must then be a database every worker reaches (SQLite on a
 shared file system for a few workers; PostgreSQL/MySQL for many).
@@ -354,11 +355,18 @@ def search_report(study: Study, root: str | Path, top: int = 5) -> list[str]:
                                        else str(t.params[k]) for k in keys]
             lines.append("| " + " | ".join(cells) + f" | {t.value:.4g} |")
         lines.append("")
+    # PED-ANOVA, named: it needs no scikit-learn (fANOVA does) and is deterministic, and
+    # Optuna's default evaluator changed between versions (fANOVA in 4.x, PED-ANOVA in 5).
+    # Its authors ask for at least 5 trials in the top quantile: the best 10%, or 5 trials.
+    q = min(0.5, max(0.1, 5 / len(complete))) if complete else 0.1
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator(target_quantile=q)
     try:
-        imp = optuna.importance.get_param_importances(ostudy)
+        imp = optuna.importance.get_param_importances(ostudy, evaluator=evaluator)
     except (RuntimeError, ValueError) as e:  # too few completed trials to tell
         lines += [f"Parameter importance: not available ({e}).", ""]
     else:
-        lines += ["Parameter importance (fANOVA, share of the metric's variance):", ""]
+        lines += [f"Parameter importance (PED-ANOVA, Watanabe et al. 2023: how differently "
+                  f"each parameter is spread among the best {q:.0%} of the {len(complete)} "
+                  f"complete trials than among all of them; shares summing to 1):", ""]
         lines += [f"- `{k}`: {v:.3f}" for k, v in imp.items()] + [""]
     return lines
