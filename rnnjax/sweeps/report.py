@@ -350,9 +350,16 @@ def plot_study(study: Study, results: Sequence[TrialResult], out_dir: str | Path
                 labs.append(lab)
     fig.suptitle(f"{study.name}: {metric}, mean ± std over seeds", fontsize=9, x=0.01,
                  ha="left")
-    right = 1 - 1.6 / (4.2 * n + 0.8) if handles else 1
+    right = 1
     if handles:
-        fig.legend(handles, labs, loc="center right", fontsize=8)
+        # Room for the legend beside the panels, sized to its labels (fontsize 8: about
+        # 0.065 in a character), in columns of at most 16 entries, the figure grown to fit.
+        ncol = -(-len(labs) // 16)
+        legend_w = ncol * (0.6 + 0.065 * max(len(lab) for lab in labs))
+        width = 4.2 * n + 0.2 + legend_w
+        fig.set_size_inches(width, max(3.6, 0.75 + 0.19 * -(-len(labs) // ncol)))
+        right = 1 - legend_w / width
+        fig.legend(handles, labs, loc="center right", fontsize=8, ncol=ncol)
     fig.tight_layout(rect=(0, 0, right, 0.95))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
