@@ -298,7 +298,7 @@ class OptunaSource:
         (trial,), (status,) = unit.trials, statuses
         if outcome.returncode is None:
             return  # never started: it stays RUNNING in the storage and resumes next time
-        if outcome.pruned and status != "done":  # done: it finished before the stop landed
+        if status == "pruned":  # the runner's verdict: stopped, and not done before the stop
             self.ostudy.tell(unit.trial_id_number(self.ostudy), state=states.PRUNED)
             return
         value = self.value(trial) if status == "done" else None
