@@ -12,7 +12,9 @@ CPU, 2026-11-30):
     rnnjax sweep experiments/lr_search.py --workers 2
     rnnjax report experiments/lr_search.py
 
-Smoke (CI): ``rnnjax sweep experiments/lr_search.py --smoke`` (3 trials of 4 steps).
+``:warmup=N`` sets the pruner's ``n_warmup_steps`` (default 200; 400 prunes only past the
+adding problem's plateau, docs/studies/lr_search.md). Smoke (CI): ``rnnjax sweep
+experiments/lr_search.py --smoke`` (3 trials of 4 steps).
 Needs ``pip install 'rnnjax[cluster]'`` (optuna). The storage is
 ``runs/lr_search/optuna.db`` (SQLite): re-running resumes the search.
 
@@ -34,14 +36,14 @@ from rnnjax.configlib import parse_arg
 
 
 def get_sweep(arg=None):
-    arg = parse_arg(arg, smoke=False)
+    arg = parse_arg(arg, smoke=False, warmup=200)
     sweep = {
         "base": "configs/adding.py:T=50",
         "optuna": {
             "n_trials": 24,
             "sampler": "tpe",
             "pruner": "median",
-            "pruner_kwargs": {"n_startup_trials": 5, "n_warmup_steps": 200},
+            "pruner_kwargs": {"n_startup_trials": 5, "n_warmup_steps": arg.warmup},
             "space": {"optim.lr": ("loguniform", 3e-4, 3e-2),
                       "model.hidden": ("choice", [16, 32, 64])},
             "metric": "eval.mse",
